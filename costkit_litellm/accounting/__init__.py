@@ -1,0 +1,1 @@
+"""FinOps accounting: usage events to Prometheus metrics and the durable ledger."""

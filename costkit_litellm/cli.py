@@ -1,0 +1,134 @@
+"""The ``costkit`` command: check a config, print the config reference, read the ledger.
+
+Later capabilities add subcommands here (budgets, cache, router, report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from costkit_litellm.config import CostKitConfig, load_config
+from costkit_litellm.errors import ConfigError
+from costkit_litellm.store import StoreError
+
+CALLBACK_PATH = "costkit_litellm.litellm_adapter.proxy.costkit_callback"
+
+
+def _callbacks(document: Any) -> list[str]:
+    settings = document.get("litellm_settings") if isinstance(document, dict) else None
+    value = settings.get("callbacks") if isinstance(settings, dict) else None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def check_config(path: str) -> int:
+    """Validate a proxy config's ``costkit:`` section; print what it sets up."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    callbacks = _callbacks(document)
+    print(f"{path}: costkit configuration is valid")
+    print(f"  state: {'Redis ' + _masked(config.redis_url) if config.redis_url else 'in process (embedded default)'}")
+    print(f"  metrics labels: {', '.join(('model', *config.metrics.tag_labels))}")
+    if CALLBACK_PATH not in callbacks:
+        print(f"warning: litellm_settings.callbacks does not name {CALLBACK_PATH}; the proxy will not load the pack")
+        return 0 if "costkit" not in document else 2
+    return 0
+
+
+def _masked(url: str) -> str:
+    from costkit_litellm.config import _mask
+
+    return _mask(url)
+
+
+async def _read_ledger(config: CostKitConfig, since_s: float | None, limit: int | None) -> list[dict[str, Any]]:
+    from costkit_litellm.store.factory import store_from_url
+
+    if not config.redis_url:
+        raise StoreError("the ledger of the embedded default lives inside the proxy process; set costkit.redis_url")
+    store = store_from_url(config.redis_url, prefix=config.key_prefix, cluster=config.redis_cluster)
+    await store.start()
+    try:
+        since_ms = int((time.time() - since_s) * 1000) if since_s else None
+        entries = await store.ledger_read(since_ms=since_ms, limit=limit)
+    finally:
+        await store.close()
+    return [{"id": e.entry_id, "timestamp_ms": e.timestamp_ms, **e.fields} for e in entries]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``24h``, ``7d`` -> seconds."""
+    try:
+        return float(text[:-1]) * _UNITS[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 15m, 24h or 7d") from None
+
+
+def ledger(path: str, since: float | None, limit: int | None, fmt: str) -> int:
+    """Print ledger entries from the configured Redis as JSON lines or CSV."""
+    try:
+        rows = asyncio.run(_read_ledger(load_config(path), since, limit))
+    except (ConfigError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if fmt == "jsonl":
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    else:
+        columns = sorted({k for row in rows for k in row})
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``costkit`` command."""
+    parser = argparse.ArgumentParser(prog="costkit", description="Cost management for the LiteLLM proxy and Router.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate the costkit: section of a proxy config")
+    check.add_argument("config", help="path to proxy_config.yaml")
+    sub.add_parser("config-reference", help="print every costkit: key as a markdown table")
+    led = sub.add_parser("ledger", help="print the usage ledger kept in Redis")
+    led.add_argument("--config", default="proxy_config.yaml")
+    led.add_argument("--since", type=parse_duration, default=None, help="e.g. 15m, 24h, 7d")
+    led.add_argument("--limit", type=int, default=None)
+    led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``costkit`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.config)
+    if args.command == "config-reference":
+        from costkit_litellm.reference import config_reference
+
+        print(config_reference())
+        return 0
+    if args.command == "ledger":
+        return ledger(args.config, args.since, args.limit, args.format)
+    return 2  # unreachable: argparse requires a command
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""The ``costkit:`` section of proxy_config.yaml, parsed into typed, immutable objects.
+
+LiteLLM ignores unknown top-level keys, so one file configures the gateway and the pack. Every
+problem (unknown key, wrong type, impossible value, missing environment variable) is reported with
+the file and the full key path, e.g. ``proxy_config.yaml: costkit.metrics.max_label_values: must
+be at least 1``. Strings of the form ``os.environ/NAME`` are read from the environment (a missing
+variable is an error); ``os.environ/NAME:-DEFAULT`` falls back to ``DEFAULT`` (an empty default
+means "not set").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from costkit_litellm.errors import ConfigError
+
+SECTION = "costkit"
+_ENV_REF = re.compile(r"^os\.environ/(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.S)
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_RESERVED_LABELS = frozenset({"model", "tier", "le", "quantile", "outcome", "source", "direction"})
+
+
+class _Section(BaseModel):
+    """Base for every config section: immutable, unknown keys refused, field docs kept."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+NonNegativeUsd = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class ModelPricing(_Section):
+    """Price of one model, overriding LiteLLM's price map (e.g. a self-hosted or negotiated model)."""
+
+    input_usd_per_million_tokens: NonNegativeUsd | None = None
+    """Dollars per million prompt tokens; unset keeps LiteLLM's price."""
+    output_usd_per_million_tokens: NonNegativeUsd | None = None
+    """Dollars per million completion tokens; unset keeps LiteLLM's price."""
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The model's longest possible answer in tokens; used for worst-case estimates."""
+
+
+class PricingConfig(_Section):
+    """How costs are estimated before a call and read after it."""
+
+    default_max_output_tokens: Annotated[int, Field(ge=1)] = 4096
+    """Cap on the output tokens assumed for a worst-case estimate when the request sets no
+    ``max_tokens`` (the model's own maximum is used when it is smaller)."""
+    models: dict[str, ModelPricing] = Field(default_factory=dict)
+    """Per-model overrides, keyed by model group name (as clients request it) or by the
+    deployment's model (``openai/gpt-4o-mini``)."""
+
+
+class RequestConfig(_Section):
+    """Limits on what clients may attach to a request (tags, metadata attributes)."""
+
+    max_tags: Annotated[int, Field(ge=0)] = 64
+    """Most tags one request may carry; more is a 400 that says so."""
+    max_value_length: Annotated[int, Field(ge=1)] = 256
+    """Longest tag, attribute value or session id in characters; longer is a 400."""
+    max_attributes: Annotated[int, Field(ge=0)] = 32
+    """Most plain metadata keys read as attributes; further keys are ignored with a log line."""
+    session_header: str = "x-costkit-session"
+    """Request header that carries an agent session id (besides LiteLLM's own session fields)."""
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics (prefix ``costkit_``)."""
+
+    enabled: bool = True
+    """Count spend in Prometheus."""
+    tag_labels: tuple[str, ...] = ()
+    """Attribute keys that become labels (e.g. ``feature``, ``team``). Only these: raw API keys
+    and free-form tags never become labels."""
+    max_label_values: Annotated[int, Field(ge=1)] = 50
+    """Distinct values kept per label in one process; later values are counted as ``other``, so
+    totals stay exact and cardinality bounded."""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Serve metrics on this port from the pack itself. Unset: metrics live in the default
+    registry, which LiteLLM serves at ``/metrics`` when its ``prometheus`` callback is on."""
+
+    @field_validator("tag_labels")
+    @classmethod
+    def _valid_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid Prometheus label name")
+            if name in _RESERVED_LABELS:
+                raise ValueError(f"{name!r} is a label the pack already uses")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a label twice")
+        return value
+
+
+class HeadersConfig(_Section):
+    """The ``x-costkit-*`` response headers."""
+
+    enabled: bool = True
+    """Add ``x-costkit-*`` headers to proxy responses."""
+
+
+class CostKitConfig(_Section):
+    """The whole ``costkit:`` section."""
+
+    enabled: bool = True
+    """Turn the whole pack off without removing it from ``litellm_settings.callbacks``."""
+    redis_url: str | None = None
+    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of the shared store. Unset: state is
+    kept in process (one replica only; fine for development)."""
+    redis_cluster: bool = False
+    """The URL points at a Redis Cluster."""
+    key_prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "costkit"
+    """Prefix of every key the pack writes (several deployments can share one Redis)."""
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    """Cost estimation."""
+    request: RequestConfig = Field(default_factory=RequestConfig)
+    """Request metadata limits."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics."""
+    headers: HeadersConfig = Field(default_factory=HeadersConfig)
+    """Response headers."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{_mask(value)!r} is not a Redis URL; use redis://, rediss:// or unix://")
+        return value
+
+
+def _mask(url: str) -> str:
+    """Hide a password in a URL for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = SECTION
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _resolve_env(value: Any, loc: tuple[Any, ...], problems: list[str], env: Mapping[str, str]) -> Any:
+    """Replace ``os.environ/NAME`` strings anywhere in the raw section."""
+    if isinstance(value, str):
+        match = _ENV_REF.match(value)
+        if not match:
+            return value
+        name, default = match.group("name"), match.group("default")
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default if default != "" else None
+        problems.append(
+            f"{_path(loc)}: environment variable {name} is not set (referenced as {value}; "
+            f"write os.environ/{name}:- to make it optional)"
+        )
+        return None
+    if isinstance(value, Mapping):
+        return {k: _resolve_env(v, (*loc, k), problems, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, (*loc, i), problems, env) for i, v in enumerate(value)]
+    return value
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "is not a known key"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    last = str(error["loc"][-1]) if error["loc"] else ""
+    secret = any(word in last for word in ("url", "password", "secret", "key"))
+    if "input" in error and kind != "missing" and not secret and not isinstance(error["input"], (dict, list)):
+        return f"{error['input']!r}: {message}"
+    return message
+
+
+def parse_config(
+    raw: Mapping[str, Any] | None,
+    source: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CostKitConfig:
+    """Validate the raw ``costkit:`` mapping; raise ``ConfigError`` listing every problem."""
+    if raw is None:
+        return CostKitConfig()
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{SECTION}: must be a mapping, got {type(raw).__name__}"], source)
+    problems: list[str] = []
+    resolved = _resolve_env(raw, (), problems, os.environ if env is None else env)
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return CostKitConfig.model_validate(resolved)
+    except ValidationError as exc:
+        found = [f"{_path(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError(found, source) from None
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> CostKitConfig:
+    """Read the ``costkit:`` section of a proxy config file (a missing section gives defaults)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror or exc}"], source) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise ConfigError(["the file must hold a mapping at the top level"], source)
+    return parse_config(document.get(SECTION), source, env)

@@ -1,0 +1,334 @@
+"""``RequestContext``: who asked, for what, with which parameters; parsed once per request.
+
+Two entry points share one builder: ``from_request`` reads LiteLLM's pre-call ``data`` (proxy
+hook, or the kwargs of ``Router.acompletion`` in application code) and is strict (malformed
+metadata raises ``BadRequestMetadata``, a 400); ``from_logging_payload`` reads the
+``standard_logging_object`` of a success/failure callback and is lenient (the call already
+happened: bad values are dropped, never raised). Neither imports litellm: they read plain dicts.
+
+Identity fields come from the authenticated API key (``user_api_key_*`` set by the proxy); the
+client-declared ``user_id`` metadata overrides the key's user; team is taken from the key only,
+so a client cannot claim another team's scope.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from costkit_litellm.config import RequestConfig
+from costkit_litellm.errors import BadRequestMetadata
+
+log = logging.getLogger(__name__)
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+# LiteLLM's placeholder user for the master key: not a real user.
+_PLACEHOLDER_USERS = frozenset({"default_user_id", ""})
+# Client metadata keys that are structure, not attributes.
+_NOT_ATTRIBUTES = frozenset(
+    {"tags", "headers", "session_id", "requester_metadata", "used_client_oauth_token", "costkit"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """The request parameters that change what an answer can be (cache scope, cost estimate)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    response_format: str | None = None
+    """Canonical JSON of ``response_format``."""
+    tools: str | None = None
+    """Canonical JSON of ``tools`` / ``functions`` (None when the request has none)."""
+    tool_choice: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything the pipeline needs to know about one request, as small typed values."""
+
+    call_id: str | None
+    model: str
+    """The model the client asked for (a model group name, or the virtual model)."""
+    api_key_hash: str | None = None
+    api_key_alias: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    end_user: str | None = None
+    """OpenAI's ``user`` field: the application's end user."""
+    tags: tuple[str, ...] = ()
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    """``key:value`` tags and plain client metadata keys (``feature`` -> ``email_writer``)."""
+    session_id: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def scope_value(self, scope: str) -> str | None:
+        """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,
+        ``tag:<key>``) for this request, or None when the request has none."""
+        if scope == "global":
+            return "*"
+        if scope == "api_key":
+            return self.api_key_hash
+        if scope == "user":
+            return self.user_id
+        if scope == "team":
+            return self.team_id
+        if scope == "end_user":
+            return self.end_user
+        if scope.startswith("tag:"):
+            return self.attributes.get(scope[4:])
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (stashed in request metadata to reach the logging callbacks)."""
+        return {
+            "call_id": self.call_id,
+            "model": self.model,
+            "api_key_hash": self.api_key_hash,
+            "api_key_alias": self.api_key_alias,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "end_user": self.end_user,
+            "tags": list(self.tags),
+            "attributes": dict(self.attributes),
+            "session_id": self.session_id,
+        }
+
+
+class _Reader:
+    """Collects values under the request limits; strict mode raises, lenient mode drops."""
+
+    def __init__(self, limits: RequestConfig, strict: bool) -> None:
+        self.limits = limits
+        self.strict = strict
+
+    def fail(self, message: str) -> None:
+        if self.strict:
+            raise BadRequestMetadata(message)
+        log.warning("costkit: ignoring malformed request metadata: %s", message)
+
+    def text(self, value: Any, where: str) -> str | None:
+        """A short identifier-like string (ids, session ids, attribute values)."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.fail(f"{where} must be a string, got {type(value).__name__}")
+            return None
+        text = str(value)
+        if len(text) > self.limits.max_value_length:
+            self.fail(f"{where} is {len(text)} characters long (the limit is {self.limits.max_value_length})")
+            return None
+        return text or None
+
+    def tags(self, sources: Iterable[tuple[str, Any]]) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for where, value in sources:
+            if value is None:
+                continue
+            if isinstance(value, str):
+                items: Sequence[Any] = [t.strip() for t in value.split(",") if t.strip()]
+            elif isinstance(value, (list, tuple)):
+                items = value
+            else:
+                self.fail(f"{where} must be a list of strings, got {type(value).__name__}")
+                continue
+            if len(items) > self.limits.max_tags:
+                self.fail(f"{where} has {len(items)} tags (the limit is {self.limits.max_tags})")
+                items = items[: self.limits.max_tags]
+            for i, tag in enumerate(items):
+                if not isinstance(tag, str):
+                    self.fail(f"{where}[{i}] must be a string, got {type(tag).__name__}")
+                    continue
+                text = self.text(tag, f"{where}[{i}]")
+                if text is not None:
+                    seen[text] = None
+        tags = tuple(seen)
+        if len(tags) > self.limits.max_tags:
+            self.fail(f"the request has {len(tags)} distinct tags (the limit is {self.limits.max_tags})")
+            tags = tags[: self.limits.max_tags]
+        return tags
+
+    def attributes(self, tags: Sequence[str], metadata: Mapping[str, Any]) -> Mapping[str, str]:
+        found: dict[str, str] = {}
+        for tag in tags:
+            key, sep, value = tag.partition(":")
+            if sep and key and value:
+                found[key.strip()] = value.strip()
+        extra = 0
+        for key, value in metadata.items():
+            if not isinstance(key, str) or key in _NOT_ATTRIBUTES or key.startswith("user_api_key"):
+                continue
+            if value is None or isinstance(value, (dict, list, tuple)):
+                continue
+            if len(found) >= self.limits.max_attributes and key not in found:
+                extra += 1
+                continue
+            text = self.text(value, f"metadata.{key}")
+            if text is not None:
+                found[key] = text
+        if extra:
+            log.warning("costkit: ignored %d metadata keys beyond max_attributes", extra)
+        return MappingProxyType(found)
+
+
+def _canonical(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def sampling_params(data: Mapping[str, Any]) -> SamplingParams:
+    """The sampling parameters of an OpenAI-style request body."""
+    stop = data.get("stop")
+    stops: tuple[str, ...] = (stop,) if isinstance(stop, str) else tuple(s for s in stop or () if isinstance(s, str))
+    tools = data.get("tools") or data.get("functions")
+    max_tokens = _int(data.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = _int(data.get("max_completion_tokens"))
+    return SamplingParams(
+        temperature=_float(data.get("temperature")),
+        top_p=_float(data.get("top_p")),
+        max_tokens=max_tokens,
+        n=max(1, _int(data.get("n")) or 1),
+        stop=stops,
+        seed=_int(data.get("seed")),
+        response_format=_canonical(data.get("response_format")),
+        tools=_canonical(tools) if tools else None,
+        tool_choice=_canonical(data.get("tool_choice")),
+        stream=data.get("stream") is True,
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+def _header(headers: Mapping[str, Any], name: str) -> Any:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == wanted:
+            return value
+    return None
+
+
+def _user(reader: _Reader, client: Mapping[str, Any], key_user: Any) -> str | None:
+    declared = reader.text(client.get("user_id"), "metadata.user_id")
+    if declared is not None:
+        return declared
+    if isinstance(key_user, str) and key_user not in _PLACEHOLDER_USERS:
+        return key_user
+    return None
+
+
+def from_request(data: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:
+    """Parse LiteLLM's pre-call request ``data``; raises ``BadRequestMetadata`` on bad metadata."""
+    reader = _Reader(limits or RequestConfig(), strict=True)
+    metadata = _mapping(data.get("metadata")) or _mapping(data.get("litellm_metadata"))
+    # On the proxy, what the client sent is kept apart from what the proxy added.
+    client = _mapping(metadata.get("requester_metadata")) if "requester_metadata" in metadata else metadata
+    headers = _mapping(metadata.get("headers")) or _mapping(_mapping(data.get("proxy_server_request")).get("headers"))
+    tags = reader.tags(
+        [
+            ("metadata.tags", metadata.get("tags")),
+            ("tags", data.get("tags")),
+            ("x-litellm-tags", _header(headers, "x-litellm-tags")),
+        ]
+    )
+    session = (
+        reader.text(_header(headers, reader.limits.session_header), reader.limits.session_header)
+        or reader.text(data.get("litellm_session_id"), "litellm_session_id")
+        or reader.text(data.get("session_id"), "session_id")
+        or reader.text(client.get("session_id"), "metadata.session_id")
+    )
+    end_user = reader.text(data.get("user"), "user") or reader.text(
+        metadata.get("user_api_key_end_user_id"), "end user"
+    )
+    call_id = data.get("litellm_call_id")
+    return RequestContext(
+        call_id=call_id if isinstance(call_id, str) else None,
+        model=str(data.get("model") or ""),
+        api_key_hash=reader.text(metadata.get("user_api_key_hash"), "api key hash"),
+        api_key_alias=reader.text(metadata.get("user_api_key_alias"), "api key alias"),
+        user_id=_user(reader, client, metadata.get("user_api_key_user_id")),
+        team_id=reader.text(metadata.get("user_api_key_team_id"), "team id"),
+        end_user=end_user,
+        tags=tags,
+        attributes=reader.attributes(tags, client),
+        session_id=session,
+        params=sampling_params(data),
+    )
+
+
+def from_logging_payload(payload: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:
+    """Parse a ``standard_logging_object``; lenient, never raises on bad metadata."""
+    reader = _Reader(limits or RequestConfig(), strict=False)
+    metadata = _mapping(payload.get("metadata"))
+    client = _mapping(metadata.get("requester_metadata"))
+    custom_headers = _mapping(metadata.get("requester_custom_headers")) or _mapping(client.get("headers"))
+    tags = reader.tags([("request_tags", payload.get("request_tags"))])
+    session = (
+        reader.text(_header(custom_headers, reader.limits.session_header), "session header")
+        or reader.text(payload.get("session_id"), "session_id")
+        or reader.text(client.get("session_id"), "metadata.session_id")
+    )
+    params = _mapping(payload.get("model_parameters"))
+    call_id = payload.get("litellm_call_id")
+    return RequestContext(
+        call_id=call_id if isinstance(call_id, str) else None,
+        model=str(payload.get("model_group") or payload.get("model") or ""),
+        api_key_hash=reader.text(metadata.get("user_api_key_hash"), "api key hash"),
+        api_key_alias=reader.text(metadata.get("user_api_key_alias"), "api key alias"),
+        user_id=_user(reader, client, metadata.get("user_api_key_user_id")),
+        team_id=reader.text(metadata.get("user_api_key_team_id"), "team id"),
+        end_user=reader.text(payload.get("end_user"), "end_user"),
+        tags=tags,
+        attributes=reader.attributes(tags, client),
+        session_id=session,
+        params=sampling_params(params),
+    )
+
+
+def from_json(raw: Mapping[str, Any], params: SamplingParams | None = None) -> RequestContext:
+    """Rebuild a context stashed with ``RequestContext.to_json``."""
+    attributes = raw.get("attributes")
+    return RequestContext(
+        call_id=raw.get("call_id"),
+        model=str(raw.get("model") or ""),
+        api_key_hash=raw.get("api_key_hash"),
+        api_key_alias=raw.get("api_key_alias"),
+        user_id=raw.get("user_id"),
+        team_id=raw.get("team_id"),
+        end_user=raw.get("end_user"),
+        tags=tuple(raw.get("tags") or ()),
+        attributes=MappingProxyType(dict(attributes) if isinstance(attributes, Mapping) else {}),
+        session_id=raw.get("session_id"),
+        params=params or SamplingParams(),
+    )

@@ -1,0 +1,132 @@
+"""``CostKit``: the engine behind both ways of use (proxy callback, application code).
+
+It owns the configuration, the store, pricing, metrics and the pipeline stages, and knows nothing
+of LiteLLM: the adapter hands it typed objects (``RequestContext``, token counts, ``Outcome``) and
+a ``PriceSource``. Nothing here does I/O until ``start()`` (called lazily on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from costkit_litellm.accounting.metrics import CostMetrics
+from costkit_litellm.accounting.recorder import AccountingStage
+from costkit_litellm.config import CostKitConfig, load_config
+from costkit_litellm.context import RequestContext
+from costkit_litellm.money import format_usd
+from costkit_litellm.pipeline import Admission, Outcome, Stage
+from costkit_litellm.pricing import Pricing, PriceSource
+from costkit_litellm.store import Store
+from costkit_litellm.store.factory import store_from_url
+
+log = logging.getLogger(__name__)
+
+HEADER_MAX_COST = "x-costkit-max-cost-usd"
+HEADER_COST = "x-costkit-cost-usd"
+
+
+class CostKit:
+    """Configuration, shared state and the pipeline of stages."""
+
+    def __init__(
+        self,
+        config: CostKitConfig | None = None,
+        *,
+        store: Store | None = None,
+        price_source: PriceSource | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
+        source: str | None = None,
+    ) -> None:
+        self.config = config or CostKitConfig()
+        self.source = source
+        self.store: Store = store or store_from_url(
+            self.config.redis_url, prefix=self.config.key_prefix, cluster=self.config.redis_cluster
+        )
+        self.pricing = Pricing(self.config.pricing, price_source)
+        self.metrics = (
+            CostMetrics(self.config.metrics.tag_labels, self.config.metrics.max_label_values, registry)
+            if self.config.metrics.enabled
+            else None
+        )
+        self.stages: list[Stage] = [AccountingStage(self.store, self.metrics)]
+        self._started: asyncio.Task[None] | None = None
+        self._metrics_server_started = False
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> CostKit:
+        """Build from the ``costkit:`` section of a proxy config file (validated now)."""
+        return cls(load_config(path), source=str(path), **kwargs)
+
+    def set_price_source(self, source: PriceSource) -> None:
+        """Plug in the gateway's price knowledge (the adapter does this)."""
+        self.pricing = Pricing(self.config.pricing, source)
+
+    def add_stage(self, stage: Stage, before: str | None = None) -> None:
+        """Insert a stage, before the named one or at the end."""
+        if before is None:
+            self.stages.append(stage)
+            return
+        names = [s.name for s in self.stages]
+        self.stages.insert(names.index(before), stage)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect the store and serve metrics if configured; safe to call many times."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self.store.start()
+        port = self.config.metrics.port
+        if port and not self._metrics_server_started and self.metrics is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(port)
+            self._metrics_server_started = True
+            log.info("costkit: metrics on port %d", port)
+
+    async def close(self) -> None:
+        """Release the store."""
+        await self.store.close()
+        self._started = None
+
+    # --- the pipeline ------------------------------------------------------------------
+    async def admit(
+        self,
+        context: RequestContext,
+        prompt_tokens: int,
+        deployment_model: str | None = None,
+    ) -> Admission:
+        """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses."""
+        await self.start()
+        estimate = self.pricing.worst_case(
+            context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
+        )
+        admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model)
+        if self.config.headers.enabled:
+            admission.headers[HEADER_MAX_COST] = (
+                format_usd(estimate.amount) if estimate.amount is not None else "unknown"
+            )
+        for stage in self.stages:
+            await stage.on_request(admission)
+        return admission
+
+    async def record(self, outcome: Outcome) -> None:
+        """Run the post-call stages; never raises (a failure is logged)."""
+        await self.start()
+        for stage in self.stages:
+            try:
+                await stage.on_outcome(outcome)
+            except Exception:  # a stage bug must not lose the other stages' work
+                log.exception("costkit: stage %s failed on outcome of %s", stage.name, outcome.context.call_id)
+
+    def stage_names(self) -> Sequence[str]:
+        """Names of the stages in order."""
+        return [s.name for s in self.stages]

@@ -1,0 +1,187 @@
+"""``CostKitCallback``: LiteLLM's ``CustomLogger`` hooks, translated into ``CostKit`` calls.
+
+Every hook the proxy should run is defined on this class itself: the proxy only runs
+``async_pre_call_hook`` when it is defined on the instance's own class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import HTTPException
+from litellm.integrations.custom_logger import CustomLogger
+
+from costkit_litellm.context import RequestContext, from_logging_payload, from_request
+from costkit_litellm.errors import RequestRejected
+from costkit_litellm.kit import HEADER_COST, CostKit
+from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
+from costkit_litellm.money import Nano, format_usd, usd_to_nano
+from costkit_litellm.pipeline import Admission, Outcome, Stash
+
+log = logging.getLogger(__name__)
+
+STASH_KEY = "costkit"
+_CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
+
+
+def _proxy_router() -> Any:
+    """The proxy's router (a module global of LiteLLM's proxy server), None outside the proxy."""
+    try:
+        from litellm.proxy import proxy_server
+    except Exception:  # proxy extras not importable: application code without the proxy
+        return None
+    return getattr(proxy_server, "llm_router", None)
+
+
+def _metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("metadata", "litellm_metadata"):
+        value = data.get(key)
+        if isinstance(value, Mapping):
+            return value
+    return {}
+
+
+def as_http_exception(exc: RequestRejected) -> HTTPException:
+    """The proxy answers a refusal with this: status, OpenAI-shaped error, extra headers."""
+    return HTTPException(status_code=exc.status, detail=exc.body()["error"], headers=exc.headers or None)
+
+
+def response_cost(response: Any) -> Nano | None:
+    """LiteLLM's cost of a response object, in nano-dollars."""
+    hidden = getattr(response, "_hidden_params", None)
+    cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+    if cost is None:
+        return None
+    try:
+        return usd_to_nano(float(cost))
+    except (TypeError, ValueError):
+        return None
+
+
+class CostKitCallback(CustomLogger):
+    """Runs the costkit pipeline inside LiteLLM (proxy hooks and logging callbacks)."""
+
+    def __init__(self, kit: CostKit, router: RouterGetter | None = None) -> None:
+        super().__init__()
+        self.kit = kit
+        self.prices = LiteLLMPriceSource(router or _proxy_router)
+        kit.set_price_source(self.prices)
+
+    # --- before the call ----------------------------------------------------------------
+    async def admit(self, data: dict[str, Any]) -> Admission:
+        """Parse, estimate and run the pre-call stages for a request dict; stash the result."""
+        context = from_request(data, self.kit.config.request)
+        deployment = self.prices.deployment_model(context.model)
+        tokens = count_prompt_tokens(deployment or context.model, data.get("messages"))
+        admission = await self.kit.admit(context, tokens, deployment)
+        if admission.model is not None:
+            data["model"] = admission.model
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {} if metadata is None else dict(metadata)
+            data["metadata"] = metadata
+        metadata[STASH_KEY] = admission.stash()
+        return admission
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """Proxy hook: admit the request or refuse it with an OpenAI-shaped HTTP error."""
+        if not self.kit.config.enabled or str(call_type) not in _CHAT_CALLS:
+            return data
+        try:
+            await self.admit(data)
+        except RequestRejected as exc:
+            raise as_http_exception(exc) from None
+        return data
+
+    # --- response headers ---------------------------------------------------------------
+    def headers_for(self, data: Mapping[str, Any], response: Any) -> dict[str, str]:
+        """The ``x-costkit-*`` headers for a finished request."""
+        stash = Stash.read(_metadata(data).get(STASH_KEY))
+        if stash is None:
+            return {}
+        headers = dict(stash.headers)
+        if response is None:
+            headers[HEADER_COST] = format_usd(0)
+        else:
+            cost = response_cost(response)
+            if cost is not None:
+                headers[HEADER_COST] = format_usd(cost)
+        return headers
+
+    async def async_post_call_response_headers_hook(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, object] | None = None,
+    ) -> dict[str, str] | None:
+        """Proxy hook: add ``x-costkit-*`` headers (cost is known for non-streaming answers)."""
+        if not self.kit.config.enabled or not self.kit.config.headers.enabled:
+            return None
+        return self.headers_for(data, response) or None
+
+    # --- after the call -----------------------------------------------------------------
+    def outcome(self, kind: str, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> Outcome | None:
+        """Translate a logging callback's kwargs into an ``Outcome``."""
+        payload = kwargs.get("standard_logging_object")
+        if not isinstance(payload, Mapping):
+            return None
+        params = kwargs.get("litellm_params")
+        stash = Stash.read(_metadata(params).get(STASH_KEY)) if isinstance(params, Mapping) else None
+        context: RequestContext
+        if stash is not None:
+            context = stash.context
+        else:
+            context = from_logging_payload(payload, self.kit.config.request)
+        raw_cost = payload.get("response_cost")
+        cost: Nano | None
+        try:
+            cost = usd_to_nano(float(raw_cost)) if raw_cost is not None else None
+        except (TypeError, ValueError):
+            cost = None
+        if kind == "failure" and cost is None:
+            cost = Nano(0)
+        latency = None
+        try:
+            latency = (end_time - start_time).total_seconds()
+        except Exception:
+            latency = None
+        return Outcome(
+            kind="success" if kind == "success" else "failure",
+            context=context,
+            model=str(payload.get("model_group") or context.model or payload.get("model") or ""),
+            deployment_model=str(payload.get("model") or "") or None,
+            cost=cost,
+            prompt_tokens=int(payload.get("prompt_tokens") or 0),
+            completion_tokens=int(payload.get("completion_tokens") or 0),
+            estimate=Nano(stash.estimate_nano) if stash and stash.estimate_nano is not None else None,
+            cache_hit=bool(payload.get("cache_hit")),
+            error=str(payload.get("error_str") or "") or None,
+            latency_s=latency,
+            timestamp=time.time(),
+        )
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """Record a successful call (streaming calls arrive once, when the stream ends)."""
+        await self._record("success", kwargs, start_time, end_time)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """Record a failed call (its cost is what LiteLLM says, usually 0)."""
+        await self._record("failure", kwargs, start_time, end_time)
+
+    async def _record(self, kind: str, kwargs: Any, start_time: Any, end_time: Any) -> None:
+        if not self.kit.config.enabled or not isinstance(kwargs, Mapping):
+            return
+        try:
+            outcome = self.outcome(kind, kwargs, start_time, end_time)
+        except Exception:
+            log.exception("costkit: could not read LiteLLM's logging payload")
+            return
+        if outcome is not None:
+            await self.kit.record(outcome)

@@ -1,0 +1,62 @@
+"""Money as integer nano-dollars (1e-9 USD): parse, convert and format at the edges only.
+
+All state (counters, reservations, ledger) holds ``Nano`` integers. A gpt-4o-mini call costs
+about 13,500 n$, which micro-dollars would round away; floats drift over thousands of additions.
+Python ints are exact at any size; the Redis store keeps amounts in Lua numbers (doubles), exact
+up to 2**53 n$ (about $9 million) per counter.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import NewType
+
+Nano = NewType("Nano", int)
+
+NANO_PER_USD = 1_000_000_000
+_NANO = Decimal(NANO_PER_USD)
+
+
+class MoneyError(ValueError):
+    """A value that cannot be read as an amount of US dollars."""
+
+
+def usd_to_nano(amount: float | int | str | Decimal) -> Nano:
+    """Convert dollars to nano-dollars, rounding half to even.
+
+    Floats are read through ``repr`` (``1.35e-05`` stays exactly 13,500 n$), so a cost LiteLLM
+    reports as a float converts to the integer a human would write down.
+    """
+    if isinstance(amount, bool):
+        raise MoneyError(f"{amount!r} is not an amount of money")
+    try:
+        value = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(amount)
+    except (InvalidOperation, ValueError) as exc:
+        raise MoneyError(f"{amount!r} is not an amount of money") from exc
+    if not value.is_finite():
+        raise MoneyError(f"{amount!r} is not a finite amount of money")
+    return Nano(int((value * _NANO).to_integral_value(rounding=ROUND_HALF_EVEN)))
+
+
+def nano_to_decimal(amount: int) -> Decimal:
+    """Exact dollars for a nano-dollar amount."""
+    return Decimal(amount) / _NANO
+
+
+def nano_to_float(amount: int) -> float:
+    """Dollars as a float, for metrics and JSON; never feed it back into state."""
+    return amount / NANO_PER_USD
+
+
+def format_usd(amount: int, places: int = 9) -> str:
+    """Dollars as a plain decimal string without exponent: ``format_usd(13500) == '0.000013500'``."""
+    quantum = Decimal(1).scaleb(-places)
+    return str(nano_to_decimal(amount).quantize(quantum, rounding=ROUND_HALF_EVEN))
+
+
+def format_usd_short(amount: int) -> str:
+    """Dollars for humans: ``$1.23``, or more places for amounts under a cent (``$0.0000135``)."""
+    value = nano_to_decimal(amount)
+    if value == 0 or abs(value) >= Decimal("0.01"):
+        return f"${value.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN)}"
+    return f"${value.normalize():f}"

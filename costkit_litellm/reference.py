@@ -1,0 +1,71 @@
+"""The configuration reference (README section), generated from the config models' field docs."""
+
+from __future__ import annotations
+
+import json
+import types
+from decimal import Decimal
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from costkit_litellm.config import CostKitConfig
+
+BEGIN = "<!-- config-reference:begin -->"
+END = "<!-- config-reference:end -->"
+
+
+def _default(model: type[BaseModel], name: str) -> str:
+    field = model.model_fields[name]
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            return "(section)"
+    else:
+        value = field.default
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value, default=str)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in get_args(annotation) if a is not type(None)]
+        optional = type(None) in get_args(annotation)
+        return " or ".join(names) + (" (optional)" if optional else "")
+    if origin is tuple:
+        return f"list of {_type_name(get_args(annotation)[0])}"
+    if annotation is Decimal:
+        return "number"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}.{name}"
+        annotation = field.annotation
+        doc = " ".join((field.description or "").split())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.append(f"| `{path}` | section | | {doc} |")
+            rows.extend(_rows(annotation, path))
+            continue
+        kind = _type_name(annotation)
+        if get_origin(annotation) is dict:
+            rows.append(f"| `{path}` | map of model name to pricing | {_default(model, name)} | {doc} |")
+            from costkit_litellm.config import ModelPricing
+
+            rows.extend(_rows(ModelPricing, f"{path}.<model>"))
+            continue
+        rows.append(f"| `{path}` | `{kind}` | `{_default(model, name)}` | {doc} |")
+    return rows
+
+
+def config_reference() -> str:
+    """A markdown table of every ``costkit:`` key with its type, default and meaning."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    lines.extend(_rows(CostKitConfig, "costkit"))
+    return "\n".join(lines)
