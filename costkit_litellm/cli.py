@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from costkit_litellm.config import CostKitConfig, load_config
+from costkit_litellm.config import CostKitConfig, load_config, mask_url
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.store import StoreError
 
@@ -42,18 +42,12 @@ def check_config(path: str) -> int:
     document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     callbacks = _callbacks(document)
     print(f"{path}: costkit configuration is valid")
-    print(f"  state: {'Redis ' + _masked(config.redis_url) if config.redis_url else 'in process (embedded default)'}")
+    print(f"  state: {'Redis ' + mask_url(config.redis_url) if config.redis_url else 'in process (embedded default)'}")
     print(f"  metrics labels: {', '.join(('model', *config.metrics.tag_labels))}")
     if CALLBACK_PATH not in callbacks:
         print(f"warning: litellm_settings.callbacks does not name {CALLBACK_PATH}; the proxy will not load the pack")
         return 0 if "costkit" not in document else 2
     return 0
-
-
-def _masked(url: str) -> str:
-    from costkit_litellm.config import _mask
-
-    return _mask(url)
 
 
 async def _read_ledger(config: CostKitConfig, since_s: float | None, limit: int | None) -> list[dict[str, Any]]:

@@ -134,11 +134,11 @@ class CostKitConfig(_Section):
         if value is None or value == "":
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{_mask(value)!r} is not a Redis URL; use redis://, rediss:// or unix://")
+            raise ValueError(f"{mask_url(value)!r} is not a Redis URL; use redis://, rediss:// or unix://")
         return value
 
 
-def _mask(url: str) -> str:
+def mask_url(url: str) -> str:
     """Hide a password in a URL for messages."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 

@@ -167,7 +167,7 @@ class _Reader:
         for key, value in metadata.items():
             if not isinstance(key, str) or key in _NOT_ATTRIBUTES or key.startswith("user_api_key"):
                 continue
-            if value is None or isinstance(value, (dict, list, tuple)):
+            if value is None or isinstance(value, (dict, list, tuple, bool)):
                 continue
             if len(found) >= self.limits.max_attributes and key not in found:
                 extra += 1

@@ -21,7 +21,7 @@ from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
-from costkit_litellm.pricing import Pricing, PriceSource
+from costkit_litellm.pricing import PriceSource, Pricing
 from costkit_litellm.store import Store
 from costkit_litellm.store.factory import store_from_url
 

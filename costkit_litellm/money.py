@@ -51,7 +51,7 @@ def nano_to_float(amount: int) -> float:
 def format_usd(amount: int, places: int = 9) -> str:
     """Dollars as a plain decimal string without exponent: ``format_usd(13500) == '0.000013500'``."""
     quantum = Decimal(1).scaleb(-places)
-    return str(nano_to_decimal(amount).quantize(quantum, rounding=ROUND_HALF_EVEN))
+    return f"{nano_to_decimal(amount).quantize(quantum, rounding=ROUND_HALF_EVEN):f}"
 
 
 def format_usd_short(amount: int) -> str:

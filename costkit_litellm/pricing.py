@@ -1,8 +1,8 @@
 """Prices and cost estimates in nano-dollars, from LiteLLM's price map plus config overrides.
 
 The adapter supplies what LiteLLM knows (``PriceSource``, a token counter); this module turns it
-into integers. Prices are kept as nano-dollars per *million* tokens, so sub-nano per-token prices
-($0.075 per million tokens = 0.075 n$ per token) stay exact integers.
+into integers. Prices are kept as nano-dollars per *million* tokens, so per-token prices below a
+nano-dollar ($0.025 per million tokens = 0.025 n$ per token) stay exact integers.
 
 Worst-case cost before a call (what a budget must be able to absorb)::
 
@@ -40,7 +40,11 @@ class ModelPrice:
 
     @classmethod
     def from_per_token_usd(
-        cls, input_usd: float, output_usd: float, max_output_tokens: int | None = None, source: str = "litellm"
+        cls,
+        input_usd: float,
+        output_usd: float,
+        max_output_tokens: int | None = None,
+        source: str = "litellm",
     ) -> ModelPrice:
         """From LiteLLM's ``input_cost_per_token`` / ``output_cost_per_token`` floats."""
         return cls(
@@ -105,7 +109,12 @@ class Pricing:
         return _apply(override, base)
 
     def worst_case(
-        self, model: str, prompt_tokens: int, max_tokens: int | None, n: int = 1, deployment_model: str | None = None
+        self,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        n: int = 1,
+        deployment_model: str | None = None,
     ) -> CostEstimate:
         """Worst-case cost of a request before it is sent."""
         price = self.price(model, deployment_model)

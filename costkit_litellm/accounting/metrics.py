@@ -69,7 +69,9 @@ class CostMetrics(Collector):
             spend_family.add_metric(list(labels), nano / NANO_PER_USD)
         yield spend_family
         requests_family = CounterMetricFamily(
-            "costkit_requests", "LLM requests seen by costkit, by outcome.", labels=["model", "outcome", *names]
+            "costkit_requests",
+            "LLM requests seen by costkit, by outcome.",
+            labels=["model", "outcome", *names],
         )
         for labels, count in requests.items():
             requests_family.add_metric(list(labels), count)

@@ -7,7 +7,7 @@ Proxy: name ``costkit_litellm.litellm_adapter.proxy.costkit_callback`` in
     install(kit, router)          # or install(kit) for plain litellm.acompletion via kit_acompletion
 """
 
-from costkit_litellm.litellm_adapter.app import install, kit_acompletion
+from costkit_litellm.litellm_adapter.app import install, kit_acompletion, uninstall
 from costkit_litellm.litellm_adapter.callback import CostKitCallback
 
-__all__ = ["CostKitCallback", "install", "kit_acompletion"]
+__all__ = ["CostKitCallback", "install", "kit_acompletion", "uninstall"]

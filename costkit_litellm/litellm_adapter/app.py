@@ -70,6 +70,14 @@ def install(kit: CostKit, router: Any | None = None) -> CostKitCallback:
     return callback
 
 
+def uninstall(callback: CostKitCallback, router: Any | None = None) -> None:
+    """Remove the pack from LiteLLM's callback lists (and unwrap the router it was installed on)."""
+    litellm.logging_callback_manager.remove_callback_from_all_lists(callback)
+    if router is not None and getattr(router, _ATTR, None) is callback:
+        router.acompletion = router.acompletion.__wrapped__
+        delattr(router, _ATTR)
+
+
 async def kit_acompletion(callback: CostKitCallback, **kwargs: Any) -> Any:
     """``litellm.acompletion`` through the costkit pipeline (no router)."""
     return await _wrap(callback, litellm.acompletion)(**kwargs)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from costkit_litellm.context import RequestContext, from_logging_payload, from_request
+from costkit_litellm.context import from_logging_payload, from_request
 from costkit_litellm.errors import RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
@@ -66,6 +67,9 @@ class CostKitCallback(CustomLogger):
 
     def __init__(self, kit: CostKit, router: RouterGetter | None = None) -> None:
         super().__init__()
+        # LiteLLM keeps one CustomLogger per class and public scalar attributes: a unique public
+        # id keeps two kits in one process (or a re-installed one) from being dropped as duplicates.
+        self.instance_id = uuid.uuid4().hex
         self.kit = kit
         self.prices = LiteLLMPriceSource(router or _proxy_router)
         kit.set_price_source(self.prices)
@@ -83,7 +87,7 @@ class CostKitCallback(CustomLogger):
         if not isinstance(metadata, dict):
             metadata = {} if metadata is None else dict(metadata)
             data["metadata"] = metadata
-        metadata[STASH_KEY] = admission.stash()
+        metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
         return admission
 
     async def async_pre_call_hook(
@@ -133,12 +137,11 @@ class CostKitCallback(CustomLogger):
         if not isinstance(payload, Mapping):
             return None
         params = kwargs.get("litellm_params")
-        stash = Stash.read(_metadata(params).get(STASH_KEY)) if isinstance(params, Mapping) else None
-        context: RequestContext
-        if stash is not None:
-            context = stash.context
-        else:
-            context = from_logging_payload(payload, self.kit.config.request)
+        raw = _metadata(params).get(STASH_KEY) if isinstance(params, Mapping) else None
+        if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
+            return None  # admitted by another kit in this process: that kit records it
+        stash = Stash.read(raw)
+        context = stash.context if stash is not None else from_logging_payload(payload, self.kit.config.request)
         raw_cost = payload.get("response_cost")
         cost: Nano | None
         try:

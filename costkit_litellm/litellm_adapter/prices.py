@@ -76,7 +76,11 @@ class LiteLLMPriceSource:
         if not prices and not unknown:
             direct = _model_info(model)
             prices = [direct] if direct else []
-        result = None if unknown or not prices else max(prices, key=lambda p: (p.output_nano_per_mtok, p.input_nano_per_mtok))
+        result = (
+            None
+            if unknown or not prices
+            else max(prices, key=lambda p: (p.output_nano_per_mtok, p.input_nano_per_mtok))
+        )
         self._cache[model] = result
         return result
 

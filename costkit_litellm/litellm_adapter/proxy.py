@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
-from costkit_litellm.config import CostKitConfig
+from costkit_litellm.config import CostKitConfig, mask_url
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.kit import CostKit
 from costkit_litellm.litellm_adapter.callback import CostKitCallback
@@ -84,8 +85,13 @@ def build() -> CostKitCallback:
     else:
         kit = CostKit.from_yaml(path)
     _probe_store(kit.config)
-    where = "Redis" if kit.config.redis_url else "in-process (embedded default)"
-    log.info("costkit: loaded from %s; state %s; stages %s", path, where, ", ".join(kit.stage_names()))
+    where = f"Redis {mask_url(kit.config.redis_url)}" if kit.config.redis_url else "in process (embedded default)"
+    # A start-up banner on stderr (the proxy's own logging config may hide INFO lines).
+    print(
+        f"costkit: loaded from {path}; state: {where}; stages: {', '.join(kit.stage_names())}",
+        file=sys.stderr,
+        flush=True,
+    )
     return CostKitCallback(kit)
 
 
@@ -99,6 +105,6 @@ def __getattr__(name: str) -> Any:
                 _instance = build()
             except ConfigError as exc:
                 # Printed plainly: this is the line a user reads when the proxy refuses to start.
-                print(f"costkit: invalid configuration: {exc}", flush=True)
+                print(f"costkit: invalid configuration: {exc}", file=sys.stderr, flush=True)
                 raise
         return _instance

@@ -98,9 +98,7 @@ class Store(Protocol):
         """A counter's value, 0 when absent or expired."""
 
     # --- reservations -------------------------------------------------------------------
-    async def reserve(
-        self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float
-    ) -> ReserveResult:
+    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
         """Hold ``amount`` against every limit, all or nothing. Reserving an id that already
         holds a live reservation returns ok without holding twice."""
 

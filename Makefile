@@ -1,0 +1,62 @@
+# One command each: set up, demo, test, lint, benchmark.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help install install-dev demo demo-stop test test-unit test-integration test-e2e lint typecheck bench clean
+
+help:
+	@echo "make demo        start the proxy with the pack offline (no Redis, no API keys) and drive a workload"
+	@echo "make demo-stop   stop the demo gateway"
+	@echo "make test        install with test extras and run the whole suite (starts its own servers)"
+	@echo "make test-unit | test-integration | test-e2e"
+	@echo "make lint        ruff + mypy --strict"
+	@echo "make bench       benchmarks in bench/ (tables, not tests)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/python -m costkit_litellm.demo start
+
+demo-stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m costkit_litellm.demo stop; fi
+
+test: install-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install-dev
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install-dev
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: install-dev
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check costkit_litellm tests bench
+	$(BIN)/ruff format --check costkit_litellm tests bench
+	$(BIN)/mypy
+
+bench: install-dev
+	$(BIN)/python bench/overhead.py
+
+clean: demo-stop
+	rm -rf $(VENV) .costkit .pytest_cache .mypy_cache .ruff_cache *.egg-info

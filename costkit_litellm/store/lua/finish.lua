@@ -1,0 +1,34 @@
+-- Settle (commit the actual amount) or release a reservation, at most once.
+-- KEYS: [record, done] when ARGV[2] == '1', then (S, L, A) per limit.
+-- ARGV: now_ms|'', with_record, call_id, mode ('settle'|'release'), actual, done_ttl_ms,
+--       limits_spec (must equal the record's), then window_end_ms per limit.
+-- Returns 1 done now, 0 unknown or already finished, -1 the record changed (read it again).
+local now = now_ms(ARGV[1])
+local with_record = ARGV[2] == '1'
+local call_id, mode = ARGV[3], ARGV[4]
+local first = 1
+if with_record then
+  first = 3
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 0
+  end
+  local spec = redis.call('HGET', KEYS[1], 'limits')
+  if not spec then
+    return 0
+  end
+  if spec ~= ARGV[7] then
+    return -1
+  end
+  redis.call('SET', KEYS[2], mode, 'PX', ARGV[6])
+  redis.call('DEL', KEYS[1])
+end
+local n = (#KEYS - first + 1) / 3
+for i = 0, n - 1 do
+  local s, l, a = KEYS[first + 3 * i], KEYS[first + 3 * i + 1], KEYS[first + 3 * i + 2]
+  refresh(s, l, a, now)
+  unhold(s, l, a, call_id)
+  if mode == 'settle' then
+    add_committed(s, l, a, ARGV[5], tonumber(ARGV[8 + i]), now)
+  end
+end
+return 1

@@ -1,0 +1,14 @@
+-- Add to a counter (hash: v = value, x = end in ms); the ttl is set only on creation.
+-- KEYS: [counter]. ARGV: now_ms|'', amount, ttl_ms|''.
+local now = now_ms(ARGV[1])
+local x = tonumber(redis.call('HGET', KEYS[1], 'x') or '0')
+if x > 0 and now >= x then
+  redis.call('DEL', KEYS[1])
+end
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local value = redis.call('HINCRBY', KEYS[1], 'v', ARGV[2])
+if created and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'x', int(now + tonumber(ARGV[3])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return value

@@ -1,0 +1,306 @@
+"""``MemoryStore``: the in-process ``Store``, the embedded default when no Redis is configured.
+
+Every method is a coroutine that never awaits, so on one event loop each call runs to completion
+without interleaving: that is the whole concurrency story (no locks needed). Time comes from an
+injectable ``clock``; expired leases, keys, claims and markers are dropped lazily when touched,
+plus an amortised sweep so abandoned entries cannot grow without bound. No I/O.
+
+The semantics mirror ``RedisStore`` exactly; ``tests/integration/test_store_contract.py`` runs
+one suite over both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult
+
+DEFAULT_RESERVATION_GRACE_S = 86_400.0
+"""How long a reservation record and a done-marker outlive the lease (late settles still count)."""
+DEFAULT_LEDGER_DEDUPE_S = 86_400.0
+"""How long a ledger ``entry_id`` is remembered for idempotent appends."""
+_SWEEP_EVERY = 1024
+
+
+@dataclass(slots=True)
+class _LimitState:
+    committed: int = 0
+    reserved: int = 0
+    expires_at: float | None = None
+    leases: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """call_id -> (amount, lease expiry)."""
+    heap: list[tuple[float, str]] = field(default_factory=list)
+    """(lease expiry, call_id), possibly stale; lets the purge stop at the first live lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    amount: int
+    limits: tuple[tuple[str, float | None], ...]
+    lease_until: float
+    record_until: float
+
+
+class MemoryStore:
+    """In-process implementation of the ``Store`` protocol (one process, one event loop)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        ledger_max_entries: int | None = 100_000,
+        ledger_max_age_s: float | None = None,
+        *,
+        reservation_grace_s: float = DEFAULT_RESERVATION_GRACE_S,
+        ledger_dedupe_s: float = DEFAULT_LEDGER_DEDUPE_S,
+    ) -> None:
+        self._clock = clock
+        self._ledger_max_entries = ledger_max_entries
+        self._ledger_max_age_ms = None if ledger_max_age_s is None else int(ledger_max_age_s * 1000)
+        self._grace_s = reservation_grace_s
+        self._dedupe_s = ledger_dedupe_s
+        self._counters: dict[str, tuple[int, float | None]] = {}
+        self._limits: dict[str, _LimitState] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._done: dict[str, float] = {}
+        self._committed_ids: dict[str, float] = {}
+        self._claims: dict[str, float] = {}
+        self._ledger: deque[LedgerEntry] = deque()
+        self._ledger_ids: dict[str, float] = {}
+        self._ops = 0
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to release; state stays readable."""
+
+    async def ping(self) -> bool:
+        """Always answers."""
+        return True
+
+    # --- counters -----------------------------------------------------------------------
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        """Add to a counter; ``ttl_s`` applies only when this call creates it."""
+        now = self._tick()
+        current = self._counter(key, now)
+        if current is None:
+            value, expires_at = amount, (None if ttl_s is None else now + ttl_s)
+        else:
+            value, expires_at = current[0] + amount, current[1]
+        self._counters[key] = (value, expires_at)
+        return value
+
+    async def get(self, key: str) -> int:
+        """A counter's value, 0 when absent or expired."""
+        current = self._counter(key, self._clock())
+        return 0 if current is None else current[0]
+
+    # --- reservations -------------------------------------------------------------------
+    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
+        """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
+        _check_amount(amount)
+        now = self._tick()
+        if self._is_done(call_id, now):
+            return ReserveResult(ok=True)
+        previous = self._reservation(call_id, now)
+        if previous is not None and previous.lease_until > now:
+            return ReserveResult(ok=True)
+        states = [self._limit(limit.key, now) for limit in limits]
+        for limit, state in zip(limits, states, strict=True):
+            if state is not None and call_id in state.leases:
+                continue
+            committed, reserved = (0, 0) if state is None else (state.committed, state.reserved)
+            if committed + reserved + amount > limit.cap:
+                usage = LimitUsage(limit.key, committed, reserved)
+                return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap)
+        lease_until = now + lease_s
+        for limit in limits:
+            state = self._limit_for_write(limit, now)
+            if call_id not in state.leases:
+                state.leases[call_id] = (amount, lease_until)
+                heapq.heappush(state.heap, (lease_until, call_id))
+                state.reserved += amount
+        self._reservations[call_id] = _Reservation(
+            amount=amount,
+            limits=tuple((limit.key, limit.expires_at) for limit in limits),
+            lease_until=lease_until,
+            record_until=lease_until + self._grace_s,
+        )
+        return ReserveResult(ok=True)
+
+    async def settle(self, call_id: str, actual: int) -> bool:
+        """Commit ``actual`` on the reservation's limits, once."""
+        _check_amount(actual)
+        return self._finish(call_id, actual)
+
+    async def release(self, call_id: str) -> bool:
+        """Drop the reservation, once."""
+        return self._finish(call_id, None)
+
+    async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
+        """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        now = self._tick()
+        until = self._committed_ids.get(call_id)
+        if until is not None and until > now:
+            return False
+        self._committed_ids[call_id] = now + self._grace_s
+        for limit in limits:
+            self._add_committed(limit.key, limit.expires_at, amount, now)
+        return True
+
+    async def usage(self, keys: Sequence[str]) -> list[LimitUsage]:
+        """Committed and live-reserved amount of each key."""
+        now = self._clock()
+        result = []
+        for key in keys:
+            state = self._limit(key, now)
+            if state is None:
+                result.append(LimitUsage(key, 0, 0))
+            else:
+                result.append(LimitUsage(key, state.committed, state.reserved))
+        return result
+
+    async def reset(self, key: str) -> None:
+        """Forget a limit's committed spend and leases."""
+        self._limits.pop(key, None)
+
+    # --- idempotency --------------------------------------------------------------------
+    async def claim(self, token: str, ttl_s: float) -> bool:
+        """True the first time within ``ttl_s``."""
+        now = self._tick()
+        until = self._claims.get(token)
+        if until is not None and until > now:
+            return False
+        self._claims[token] = now + ttl_s
+        return True
+
+    # --- ledger -------------------------------------------------------------------------
+    async def ledger_append(self, entry_id: str, fields: Mapping[str, str]) -> bool:
+        """Append once per ``entry_id``; trims by count and age like the Redis stream."""
+        now = self._tick()
+        until = self._ledger_ids.get(entry_id)
+        if until is not None and until > now:
+            return False
+        self._ledger_ids[entry_id] = now + self._dedupe_s
+        now_ms = int(now * 1000)
+        if self._ledger:  # stream ids never go backwards, even if the clock does
+            now_ms = max(now_ms, self._ledger[-1].timestamp_ms)
+        self._ledger.append(LedgerEntry(entry_id, now_ms, dict(fields)))
+        if self._ledger_max_entries is not None:
+            while len(self._ledger) > self._ledger_max_entries:
+                self._ledger.popleft()
+        if self._ledger_max_age_ms is not None:
+            oldest_kept = int(now * 1000) - self._ledger_max_age_ms
+            while self._ledger and self._ledger[0].timestamp_ms < oldest_kept:
+                self._ledger.popleft()
+        return True
+
+    async def ledger_read(
+        self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
+    ) -> list[LedgerEntry]:
+        """Entries with ``since_ms <= timestamp_ms <= until_ms``, oldest first, at most ``limit``."""
+        result: list[LedgerEntry] = []
+        for entry in self._ledger:
+            if limit is not None and len(result) >= limit:
+                break
+            if since_ms is not None and entry.timestamp_ms < since_ms:
+                continue
+            if until_ms is not None and entry.timestamp_ms > until_ms:
+                break
+            result.append(entry)
+        return result
+
+    # --- internals ----------------------------------------------------------------------
+    def _tick(self) -> float:
+        """The time now; every ``_SWEEP_EVERY`` writes, drop everything that has expired."""
+        now = self._clock()
+        self._ops += 1
+        if self._ops % _SWEEP_EVERY == 0:
+            self._sweep(now)
+        return now
+
+    def _sweep(self, now: float) -> None:
+        for table in (self._done, self._committed_ids, self._claims, self._ledger_ids):
+            for key in [k for k, until in table.items() if until <= now]:
+                del table[key]
+        for key in [k for k, (_, exp) in self._counters.items() if exp is not None and exp <= now]:
+            del self._counters[key]
+        for key in [k for k, r in self._reservations.items() if r.record_until <= now]:
+            del self._reservations[key]
+        for key in list(self._limits):
+            self._limit(key, now)
+
+    def _counter(self, key: str, now: float) -> tuple[int, float | None] | None:
+        current = self._counters.get(key)
+        if current is not None and current[1] is not None and current[1] <= now:
+            del self._counters[key]
+            return None
+        return current
+
+    def _is_done(self, call_id: str, now: float) -> bool:
+        until = self._done.get(call_id)
+        return until is not None and until > now
+
+    def _reservation(self, call_id: str, now: float) -> _Reservation | None:
+        record = self._reservations.get(call_id)
+        if record is not None and record.record_until <= now:
+            del self._reservations[call_id]
+            return None
+        return record
+
+    def _limit(self, key: str, now: float) -> _LimitState | None:
+        """The live state of a limit: window ended -> dropped; expired leases purged."""
+        state = self._limits.get(key)
+        if state is None:
+            return None
+        if state.expires_at is not None and state.expires_at <= now:
+            del self._limits[key]
+            return None
+        while state.heap and state.heap[0][0] <= now:
+            until, call_id = heapq.heappop(state.heap)
+            lease = state.leases.get(call_id)
+            if lease is not None and lease[1] == until:
+                del state.leases[call_id]
+                state.reserved -= lease[0]
+        return state
+
+    def _limit_for_write(self, limit: Limit, now: float) -> _LimitState:
+        state = self._limit(limit.key, now)
+        if state is None:
+            state = self._limits[limit.key] = _LimitState()
+        if limit.expires_at is not None:
+            state.expires_at = limit.expires_at
+        return state
+
+    def _add_committed(self, key: str, expires_at: float | None, amount: int, now: float) -> None:
+        if expires_at is not None and expires_at <= now:
+            return  # the window is over; its state is gone
+        self._limit_for_write(Limit(key, 0, expires_at), now).committed += amount
+
+    def _finish(self, call_id: str, actual: int | None) -> bool:
+        """Settle (``actual`` given) or release a reservation, at most once."""
+        now = self._tick()
+        if self._is_done(call_id, now):
+            return False
+        record = self._reservation(call_id, now)
+        if record is None:
+            return False
+        del self._reservations[call_id]
+        self._done[call_id] = now + self._grace_s
+        for key, expires_at in record.limits:
+            state = self._limit(key, now)
+            lease = None if state is None else state.leases.pop(call_id, None)
+            if state is not None and lease is not None:
+                state.reserved -= lease[0]
+            if actual is not None:
+                self._add_committed(key, expires_at, actual, now)
+        return True
+
+
+def _check_amount(amount: int) -> None:
+    if amount < 0:
+        raise ValueError(f"amount must be >= 0, got {amount}")

@@ -1,0 +1,367 @@
+"""``RedisStore``: the production ``Store`` on Redis / Valkey (standalone or Cluster), Lua-scripted.
+
+This is the only module that imports ``redis``; every redis error leaves it as ``StoreError``.
+
+Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster slot)::
+
+    P:{lim:K}:s  hash   c = committed, r = reserved, x = window end (ms)    one limit K
+    P:{lim:K}:l  zset   call_id -> lease expiry (ms)                         its live leases
+    P:{lim:K}:a  hash   call_id -> reserved amount
+    P:{call:I}:r hash   amount, lease_until, limits (JSON)                   reservation record
+    P:{call:I}:d string finished marker (settled / released), TTL = grace
+    P:{commit:I} string commit marker, TTL = grace
+    P:{ledger}   stream the ledger; P:{ledger}:id:E  its idempotency markers
+    P:n:K        hash   counter (v = value, x = end in ms);  P:claim:T  claim token
+
+Standalone: reserve, settle and release are each one script over every key involved (all or
+nothing). Cluster: a limit's keys share a slot but a call's limits do not, so ``reserve`` holds
+limit by limit and rolls back the earlier holds when a later one refuses; spend still can never
+pass a cap (contention can only cause spurious refusals).
+
+Time: scripts read the server's ``TIME`` unless a ``clock`` was injected (then ``now`` travels
+as an argument, for deterministic tests). Expiry is checked against that ``now`` inside the
+scripts; Redis TTLs only clean up afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, StoreError
+from costkit_litellm.store.memory import DEFAULT_LEDGER_DEDUPE_S, DEFAULT_RESERVATION_GRACE_S
+
+_SCRIPTS: Final = (
+    "reserve",
+    "finish",
+    "close_record",
+    "record_state",
+    "record_put",
+    "unhold",
+    "commit",
+    "usage",
+    "claim",
+    "incr",
+    "get",
+    "ledger_append",
+    "ledger_read",
+)
+_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6 literal
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def _ms(seconds: float) -> str:
+    return str(max(int(seconds * 1000), 1))
+
+
+class RedisStore:
+    """``Store`` on Redis or Valkey; any number of replicas may share one server or cluster."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "costkit",
+        cluster: bool = False,
+        clock: Callable[[], float] | None = None,
+        ledger_max_entries: int | None = 1_000_000,
+        ledger_max_age_s: float | None = None,
+        socket_timeout_s: float = 1.0,
+        *,
+        max_connections: int = 64,
+        reservation_grace_s: float = DEFAULT_RESERVATION_GRACE_S,
+        ledger_dedupe_s: float = DEFAULT_LEDGER_DEDUPE_S,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must not contain braces (they are hash tags)")
+        self._url = url
+        self._prefix = prefix
+        self._cluster = cluster
+        self._clock = clock
+        self._ledger_max_len = "" if ledger_max_entries is None else str(ledger_max_entries)
+        self._ledger_max_age = "" if ledger_max_age_s is None else _ms(ledger_max_age_s)
+        self._timeout = socket_timeout_s
+        self._max_connections = max_connections
+        # redis-py's async pools raise when exhausted; queue excess commands here instead.
+        self._in_flight = asyncio.Semaphore(max_connections)
+        self._grace_ms = int(reservation_grace_s * 1000)
+        self._dedupe_ms = _ms(ledger_dedupe_s)
+        self._client: Any = None
+        self._shas: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
+
+    @staticmethod
+    def _source(name: str) -> str:
+        lua = resources.files("costkit_litellm.store").joinpath("lua")
+        common = lua.joinpath("common.lua").read_text(encoding="utf-8")
+        return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, check the server answers, and load the scripts."""
+        if self._client is not None:
+            return
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "max_connections": self._max_connections,
+        }
+        if not self._sources:
+            self._sources = {name: self._source(name) for name in _SCRIPTS}
+        try:
+            if self._cluster:
+                self._client = RedisCluster.from_url(self._url, **options)
+                await self._client.initialize()
+            else:
+                self._client = aioredis.from_url(self._url, **options)
+            await self._client.ping()
+            for name in _SCRIPTS:
+                await self._load(name)
+        except (*_ERRORS, ValueError) as exc:
+            await self.close()
+            raise StoreError(f"cannot use Redis at {mask_url(self._url)}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection pool; safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*_ERRORS):  # a pool whose server is gone still closes
+                await client.aclose()
+
+    async def ping(self) -> bool:
+        """True when the server answers."""
+        try:
+            return bool(await self._conn().ping())
+        except (*_ERRORS, StoreError):
+            return False
+
+    # --- counters -----------------------------------------------------------------------
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        """Add to a counter; ``ttl_s`` applies only when this call creates it."""
+        ttl = "" if ttl_s is None else _ms(ttl_s)
+        return int(await self._eval("incr", [self._key("n", key)], [self._now(), str(amount), ttl]))
+
+    async def get(self, key: str) -> int:
+        """A counter's value, 0 when absent or expired."""
+        return int(await self._eval("get", [self._key("n", key)], [self._now()]))
+
+    # --- reservations -------------------------------------------------------------------
+    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
+        """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
+        _check_amount(amount)
+        spec = _spec(limits)
+        record = self._record_keys(call_id)
+        head = [call_id, str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
+        if not self._cluster:
+            keys = record + [k for limit in limits for k in self._limit_keys(limit.key)]
+            args = [self._now(), "1", *head] + [v for limit in limits for v in _cap_args(limit)]
+            reply = await self._eval("reserve", keys, args)
+            return _reserve_result(reply, limits)
+        if int(await self._eval("record_state", record, [self._now()])) == 2:
+            return ReserveResult(ok=True)
+        held: list[Limit] = []
+        for limit in limits:
+            args = [self._now(), "0", *head, *_cap_args(limit)]
+            reply = await self._eval("reserve", self._limit_keys(limit.key), args)
+            if int(reply[0]) == 0:
+                for earlier in held:
+                    keys = self._limit_keys(earlier.key)
+                    await self._eval("unhold", keys, [self._now(), call_id])
+                return _reserve_result(reply, [limit])
+            if int(reply[0]) == 1:
+                held.append(limit)
+        put_args = [self._now(), str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
+        await self._eval("record_put", record[:1], put_args)
+        return ReserveResult(ok=True)
+
+    async def settle(self, call_id: str, actual: int) -> bool:
+        """Commit ``actual`` on the reservation's limits, once."""
+        _check_amount(actual)
+        return await self._finish(call_id, "settle", actual)
+
+    async def release(self, call_id: str) -> bool:
+        """Drop the reservation, once."""
+        return await self._finish(call_id, "release", 0)
+
+    async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
+        """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        marker = [f"{self._prefix}:{{commit:{call_id}}}"]
+        ttl = str(self._grace_ms)
+        if not self._cluster:
+            keys = marker + [k for limit in limits for k in self._limit_keys(limit.key)]
+            args = [self._now(), "1", str(amount), ttl] + [_window_ms(limit.expires_at) for limit in limits]
+            return int(await self._eval("commit", keys, args)) == 1
+        if int(await self._eval("claim", marker, [self._now(), ttl])) == 0:
+            return False
+        for limit in limits:
+            args = [self._now(), "0", str(amount), ttl, _window_ms(limit.expires_at)]
+            await self._eval("commit", self._limit_keys(limit.key), args)
+        return True
+
+    async def usage(self, keys: Sequence[str]) -> list[LimitUsage]:
+        """Committed and live-reserved amount of each key."""
+        groups = [[key] for key in keys] if self._cluster else ([list(keys)] if keys else [])
+        result: list[LimitUsage] = []
+        for group in groups:
+            redis_keys = [k for key in group for k in self._limit_keys(key)]
+            reply = await self._eval("usage", redis_keys, [self._now()])
+            for i, key in enumerate(group):
+                result.append(LimitUsage(key, int(reply[2 * i]), int(reply[2 * i + 1])))
+        return result
+
+    async def reset(self, key: str) -> None:
+        """Forget a limit's committed spend and leases."""
+        await self._call("DEL", *self._limit_keys(key))
+
+    # --- idempotency --------------------------------------------------------------------
+    async def claim(self, token: str, ttl_s: float) -> bool:
+        """True the first time within ``ttl_s``."""
+        keys = [self._key("claim", token)]
+        return int(await self._eval("claim", keys, [self._now(), _ms(ttl_s)])) == 1
+
+    # --- ledger -------------------------------------------------------------------------
+    async def ledger_append(self, entry_id: str, fields: Mapping[str, str]) -> bool:
+        """Append once per ``entry_id`` to the ledger stream (trimmed by count and age)."""
+        stream = f"{self._prefix}:{{ledger}}"
+        keys = [stream, f"{stream}:id:{entry_id}"]
+        args = [
+            self._now(),
+            entry_id,
+            self._dedupe_ms,
+            self._ledger_max_len,
+            self._ledger_max_age,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        return int(await self._eval("ledger_append", keys, args)) == 1
+
+    async def ledger_read(
+        self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
+    ) -> list[LedgerEntry]:
+        """Entries with ``since_ms <= timestamp_ms <= until_ms``, oldest first, at most ``limit``."""
+        low = "-" if since_ms is None else str(since_ms)
+        high = "+" if until_ms is None else str(until_ms)
+        count = "" if limit is None else str(limit)
+        rows = await self._eval("ledger_read", [f"{self._prefix}:{{ledger}}"], [low, high, count])
+        entries = []
+        for stream_id, items in rows:
+            fields = dict(zip(items[2::2], items[3::2], strict=True))
+            entries.append(LedgerEntry(items[1], int(stream_id.split("-")[0]), fields))
+        return entries
+
+    # --- internals ----------------------------------------------------------------------
+    def _conn(self) -> Any:
+        if self._client is None:
+            raise StoreError("RedisStore is not started (call start() first)")
+        return self._client
+
+    def _now(self) -> str:
+        return "" if self._clock is None else str(int(self._clock() * 1000))
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self._prefix}:{kind}:{name}"
+
+    def _limit_keys(self, key: str) -> list[str]:
+        base = f"{self._prefix}:{{lim:{key}}}"
+        return [f"{base}:s", f"{base}:l", f"{base}:a"]
+
+    def _record_keys(self, call_id: str) -> list[str]:
+        base = f"{self._prefix}:{{call:{call_id}}}"
+        return [f"{base}:r", f"{base}:d"]
+
+    def _record_ttl(self, lease_s: float) -> str:
+        return str(int(lease_s * 1000) + self._grace_ms)
+
+    async def _finish(self, call_id: str, mode: str, actual: int) -> bool:
+        record = self._record_keys(call_id)
+        done_ttl = str(self._grace_ms)
+        if self._cluster:
+            spec = await self._eval("close_record", record, [mode, done_ttl])
+            for key, window in _parse_spec(spec):
+                args = [self._now(), "0", call_id, mode, str(actual), done_ttl, "", window]
+                await self._eval("finish", self._limit_keys(key), args)
+            return bool(spec)
+        for _ in range(3):  # the record can only change under us if the call is re-reserved
+            spec = await self._call("HGET", record[0], "limits")
+            if spec is None:
+                return False
+            limits = _parse_spec(spec)
+            keys = record + [k for key, _ in limits for k in self._limit_keys(key)]
+            args = [self._now(), "1", call_id, mode, str(actual), done_ttl, spec] + [w for _, w in limits]
+            status = int(await self._eval("finish", keys, args))
+            if status >= 0:
+                return status == 1
+        raise StoreError(f"reservation {call_id!r} kept changing during {mode}")
+
+    async def _load(self, name: str) -> None:
+        self._shas[name] = await self._conn().script_load(self._sources[name])
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run a script by SHA; after a server restart (NOSCRIPT) load it again, once."""
+        client = self._conn()
+        try:
+            async with self._in_flight:
+                try:
+                    return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+                except NoScriptError:
+                    await self._load(name)
+                    return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except _ERRORS as exc:
+            raise StoreError(f"Redis script {name} failed: {exc}") from exc
+
+    async def _call(self, *command: str) -> Any:
+        try:
+            async with self._in_flight:
+                return await self._conn().execute_command(*command)
+        except _ERRORS as exc:
+            raise StoreError(f"Redis {command[0]} failed: {exc}") from exc
+
+
+def _check_amount(amount: int) -> None:
+    if amount < 0:
+        raise ValueError(f"amount must be >= 0, got {amount}")
+
+
+def _window_ms(expires_at: float | None) -> str:
+    return "0" if expires_at is None else str(int(expires_at * 1000))
+
+
+def _cap_args(limit: Limit) -> list[str]:
+    return [str(limit.cap), _window_ms(limit.expires_at)]
+
+
+def _spec(limits: Sequence[Limit]) -> str:
+    """The limits a reservation holds, as stored in its record: ``[[key, window_end_ms], ...]``."""
+    return json.dumps([[limit.key, _window_ms(limit.expires_at)] for limit in limits])
+
+
+def _parse_spec(spec: str) -> list[tuple[str, str]]:
+    return [(str(key), str(window)) for key, window in json.loads(spec)] if spec else []
+
+
+def _reserve_result(reply: list[Any], limits: Sequence[Limit]) -> ReserveResult:
+    if int(reply[0]) != 0:
+        return ReserveResult(ok=True)
+    limit = limits[int(reply[1]) - 1]
+    usage = LimitUsage(limit.key, int(reply[2]), int(reply[3]))
+    return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap)

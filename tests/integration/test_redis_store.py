@@ -1,0 +1,114 @@
+"""What only the Redis store has: connections, URLs, outages, script reloads, cluster keys."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from costkit_litellm.store import Limit, RedisStore, StoreError
+from costkit_litellm.store.redis import mask_url
+from costkit_litellm.testing.redis_server import RedisServer, _Resp, free_port
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A private server this test may stop and restart."""
+    with RedisServer(search=False) as server:
+        yield server
+
+
+class TestUrls:
+    def test_mask_url_hides_only_the_password(self):
+        """The password becomes ``***``; user, host, port and path stay readable."""
+        assert mask_url("redis://user:s3cret@host:6380/2") == "redis://user:***@host:6380/2"
+        assert mask_url("rediss://:s3cret@host") == "rediss://:***@host"
+        assert mask_url("redis://host:6379") == "redis://host:6379"
+        assert mask_url("redis://:pw@[::1]:6379") == "redis://:***@[::1]:6379"
+
+    async def test_unreachable_url_fails_at_start_with_masked_password(self):
+        """``start()`` raises ``StoreError`` naming the URL, never the password."""
+        url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+        store = RedisStore(url, socket_timeout_s=0.5)
+        with pytest.raises(StoreError) as info:
+            await store.start()
+        assert f"redis://:***@127.0.0.1:{url.split(':')[-1]}" in str(info.value)
+        assert "hunter2" not in str(info.value)
+        assert not await store.ping()
+
+    def test_constructor_does_no_io(self):
+        """Building a store for an unreachable server succeeds: connecting waits for start()."""
+        RedisStore(f"redis://127.0.0.1:{free_port()}")
+
+    def test_prefix_with_braces_is_rejected(self):
+        """Braces in the prefix would break the hash tags, so they are refused."""
+        with pytest.raises(ValueError):
+            RedisStore("redis://localhost", prefix="a{b}")
+
+    async def test_unix_socket_url_works(self, own_server, key_prefix):
+        """A ``unix://`` URL reaches the same server as its TCP URL."""
+        over_unix = RedisStore(own_server.unix_url, prefix=key_prefix)
+        over_tcp = RedisStore(own_server.url, prefix=key_prefix)
+        await over_unix.start()
+        await over_tcp.start()
+        try:
+            await over_unix.incr("n", 5)
+            assert await over_tcp.get("n") == 5
+        finally:
+            await over_unix.close()
+            await over_tcp.close()
+
+    async def test_calls_before_start_raise_store_error(self):
+        """Using a store that was never started is a ``StoreError``, not an AttributeError."""
+        with pytest.raises(StoreError):
+            await RedisStore("redis://localhost").get("n")
+
+
+class TestOutage:
+    async def test_outage_raises_store_error_then_recovers(self, own_server, key_prefix):
+        """While Redis is down every call raises ``StoreError``; after a restart calls work again
+        (the scripts are reloaded on NOSCRIPT)."""
+        store = RedisStore(own_server.url, prefix=key_prefix, socket_timeout_s=0.5)
+        await store.start()
+        try:
+            assert await store.incr("n") == 1
+            own_server.stop_server()
+            with pytest.raises(StoreError):
+                await store.incr("n")
+            with pytest.raises(StoreError):
+                await store.reserve("a", 1, [Limit("x", 10)], 30)
+            assert not await store.ping()
+            own_server.restart()
+            assert await store.incr("n") == 1  # the restarted server starts empty
+            assert (await store.reserve("a", 1, [Limit("x", 10)], 30)).ok
+            assert await store.ping()
+        finally:
+            await store.close()
+
+
+class TestKeys:
+    async def test_windowed_limit_keys_get_a_ttl(self, make_redis_store, redis_server, key_prefix):
+        """A limit with ``expires_at`` gets a Redis TTL, so old windows clean themselves up."""
+        store = await make_redis_store()
+        await store.commit("a", 5, [Limit("day", 100, expires_at=time.time() + 3600)])
+        await store.commit("b", 5, [Limit("forever", 100)])
+        client = _Resp(redis_server.port)
+        try:
+            day_ttl = client.call("PTTL", f"{key_prefix}:{{lim:day}}:s")
+            forever_ttl = client.call("PTTL", f"{key_prefix}:{{lim:forever}}:s")
+        finally:
+            client.close()
+        assert 3_500_000 < day_ttl <= 3_600_000
+        assert forever_ttl == -1
+
+    async def test_cluster_store_reserves_across_slots(self, make_redis_store):
+        """In cluster mode limits in different slots are held and rolled back correctly."""
+        store = await make_redis_store(cluster=True)
+        limits = [Limit(f"k{i}", 100) for i in range(8)]
+        assert (await store.reserve("a", 60, limits, 30)).ok
+        refused = await store.reserve("b", 60, [Limit("free", 1000), *limits], 30)
+        assert not refused.ok and refused.denied is not None and refused.denied.key == "k0"
+        assert [u.reserved for u in await store.usage(["free", "k0", "k7"])] == [0, 60, 60]

@@ -1,0 +1,358 @@
+"""One contract for every ``Store``: the in-process store, Redis, and Redis Cluster.
+
+Each test runs three times (``make_store`` is parametrized); time moves only through the
+injected ``FakeClock``, so lease and window expiry are deterministic on Redis too.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from costkit_litellm.store import Limit, LimitUsage, Store
+
+pytestmark = pytest.mark.redis
+
+LEASE_S = 30.0
+
+
+@pytest.fixture
+async def store(make_store, fake_clock) -> Store:
+    """A started store of the parametrized kind, on the fake clock."""
+    return await make_store(clock=fake_clock)
+
+
+async def usage_of(store: Store, key: str) -> tuple[int, int]:
+    [usage] = await store.usage([key])
+    return usage.committed, usage.reserved
+
+
+class TestCounters:
+    async def test_incr_returns_running_total(self, store):
+        """Increments add up and ``get`` reads the same total."""
+        assert await store.incr("c", 2) == 2
+        assert await store.incr("c", 5) == 7
+        assert await store.incr("c", -3) == 4
+        assert await store.get("c") == 4
+
+    async def test_absent_counter_reads_zero(self, store):
+        """A counter never written reads 0."""
+        assert await store.get("never") == 0
+
+    async def test_ttl_expires_counter(self, store, fake_clock):
+        """A counter created with a ttl reads 0 after it and starts afresh."""
+        await store.incr("c", 3, ttl_s=10)
+        fake_clock.advance(9.9)
+        assert await store.get("c") == 3
+        fake_clock.advance(0.2)
+        assert await store.get("c") == 0
+        assert await store.incr("c", 1, ttl_s=10) == 1
+
+    async def test_later_increments_do_not_extend_ttl(self, store, fake_clock):
+        """The ttl is fixed at creation; later increments (with or without ttl) keep it."""
+        await store.incr("c", 1, ttl_s=10)
+        fake_clock.advance(6)
+        await store.incr("c", 1, ttl_s=10)
+        await store.incr("c", 1)
+        fake_clock.advance(5)
+        assert await store.get("c") == 0
+
+
+class TestReserve:
+    async def test_reserve_holds_amount_on_every_limit(self, store):
+        """An admitted reservation shows as reserved on each limit it names."""
+        result = await store.reserve("a", 300, [Limit("x", 1000), Limit("y", 500)], LEASE_S)
+        assert result.ok and result.denied is None
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 300), LimitUsage("y", 0, 300)]
+
+    async def test_reserve_up_to_cap_exactly_is_admitted(self, store):
+        """``committed + reserved + amount == cap`` is still within the cap."""
+        assert (await store.reserve("a", 600, [Limit("x", 1000)], LEASE_S)).ok
+        assert (await store.reserve("b", 400, [Limit("x", 1000)], LEASE_S)).ok
+        assert not (await store.reserve("c", 1, [Limit("x", 1000)], LEASE_S)).ok
+
+    async def test_refusal_reserves_nothing_anywhere(self, store):
+        """A refusal by any limit holds nothing on the others and names the refusing limit."""
+        await store.commit("old", 400, [Limit("y", 500)])
+        await store.reserve("held", 50, [Limit("y", 500)], LEASE_S)
+        limits = [Limit("x", 10_000), Limit("y", 500), Limit("z", 10_000)]
+        result = await store.reserve("a", 100, limits, LEASE_S)
+        assert not result.ok
+        assert result.denied == LimitUsage("y", 400, 50)
+        assert result.denied_cap == 500
+        assert await store.usage(["x", "y", "z"]) == [
+            LimitUsage("x", 0, 0),
+            LimitUsage("y", 400, 50),
+            LimitUsage("z", 0, 0),
+        ]
+        assert not await store.settle("a", 100)
+
+    async def test_first_refusing_limit_is_reported(self, store):
+        """When several limits would refuse, the first in the given order is reported."""
+        await store.commit("old", 10, [Limit("x", 10), Limit("y", 10)])
+        result = await store.reserve("a", 1, [Limit("y", 10), Limit("x", 10)], LEASE_S)
+        assert result.denied is not None and result.denied.key == "y"
+
+    async def test_reserving_a_live_id_does_not_hold_twice(self, store):
+        """A second reserve for a call id with a live lease returns ok and holds nothing more."""
+        assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
+        assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
+        assert await usage_of(store, "x") == (0, 300)
+        assert await store.settle("a", 100)
+        assert await usage_of(store, "x") == (100, 0)
+
+    async def test_reserving_a_finished_id_holds_nothing(self, store):
+        """A reserve for a call id already settled returns ok without holding anything."""
+        await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)
+        await store.settle("a", 200)
+        assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
+        assert await usage_of(store, "x") == (200, 0)
+
+    async def test_zero_amount_reservation_settles_and_releases(self, store):
+        """A reservation of 0 (a free model) settles and releases like any other."""
+        assert (await store.reserve("a", 0, [Limit("x", 10)], LEASE_S)).ok
+        assert await store.settle("a", 0)
+        assert (await store.reserve("b", 0, [Limit("x", 10)], LEASE_S)).ok
+        assert await store.release("b")
+        assert await usage_of(store, "x") == (0, 0)
+
+    async def test_reserve_with_no_limits_is_admitted(self, store):
+        """Reserving against no limits is trivially admitted and settles once."""
+        assert (await store.reserve("a", 5, [], LEASE_S)).ok
+        assert await store.settle("a", 5)
+        assert not await store.settle("a", 5)
+
+
+class TestSettleAndRelease:
+    async def test_settle_below_reserved_frees_the_rest(self, store):
+        """Settling for less commits the actual amount and frees the whole hold."""
+        await store.reserve("a", 1000, [Limit("x", 5000), Limit("y", 5000)], LEASE_S)
+        assert await store.settle("a", 250)
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 250, 0), LimitUsage("y", 250, 0)]
+
+    async def test_settle_above_reserved_commits_actual(self, store):
+        """Settling for more than was reserved commits the real (larger) amount."""
+        await store.reserve("a", 100, [Limit("x", 5000)], LEASE_S)
+        assert await store.settle("a", 700)
+        assert await usage_of(store, "x") == (700, 0)
+
+    async def test_duplicate_settle_changes_nothing(self, store):
+        """A settle for a call id already settled changes nothing and returns False."""
+        await store.reserve("a", 100, [Limit("x", 5000)], LEASE_S)
+        assert await store.settle("a", 80)
+        assert not await store.settle("a", 80)
+        assert not await store.settle("a", 999)
+        assert await usage_of(store, "x") == (80, 0)
+
+    async def test_settle_of_unknown_id_changes_nothing(self, store):
+        """Settling or releasing an id never reserved returns False."""
+        assert not await store.settle("ghost", 10)
+        assert not await store.release("ghost")
+
+    async def test_lease_expiry_returns_reserved_to_zero(self, store, fake_clock):
+        """An unsettled lease stops counting after ``lease_s`` and frees room for others."""
+        await store.reserve("a", 800, [Limit("x", 1000)], LEASE_S)
+        assert not (await store.reserve("b", 800, [Limit("x", 1000)], LEASE_S)).ok
+        fake_clock.advance(LEASE_S + 0.01)
+        assert await usage_of(store, "x") == (0, 0)
+        assert (await store.reserve("b", 800, [Limit("x", 1000)], LEASE_S)).ok
+
+    async def test_settle_after_lease_expiry_commits_once(self, store, fake_clock):
+        """A late settle still commits the spend, once, without freeing the hold twice."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        fake_clock.advance(LEASE_S + 1)
+        await store.reserve("b", 300, [Limit("x", 1000)], LEASE_S)
+        assert await store.settle("a", 400)
+        assert not await store.settle("a", 400)
+        assert await usage_of(store, "x") == (400, 300)
+
+    async def test_reserve_again_after_lease_expiry_holds_anew(self, store, fake_clock):
+        """After its lease expired, the same call id can reserve again (caps are checked again)."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        fake_clock.advance(LEASE_S + 1)
+        assert (await store.reserve("a", 700, [Limit("x", 1000)], LEASE_S)).ok
+        assert await usage_of(store, "x") == (0, 700)
+        assert await store.settle("a", 650)
+        assert await usage_of(store, "x") == (650, 0)
+
+    async def test_release_frees_the_hold(self, store):
+        """Release gives the whole reservation back and commits nothing."""
+        await store.reserve("a", 500, [Limit("x", 1000), Limit("y", 1000)], LEASE_S)
+        assert await store.release("a")
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 0), LimitUsage("y", 0, 0)]
+
+    async def test_duplicate_release_changes_nothing(self, store):
+        """A second release for the same id returns False and frees nothing more."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        await store.reserve("b", 200, [Limit("x", 1000)], LEASE_S)
+        assert await store.release("a")
+        assert not await store.release("a")
+        assert await usage_of(store, "x") == (0, 200)
+
+    async def test_release_then_settle_commits_nothing(self, store):
+        """A settle after a release of the same id returns False and commits nothing."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        assert await store.release("a")
+        assert not await store.settle("a", 500)
+        assert await usage_of(store, "x") == (0, 0)
+
+    async def test_settle_then_release_keeps_the_spend(self, store):
+        """A release after a settle returns False and leaves the committed spend."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        assert await store.settle("a", 300)
+        assert not await store.release("a")
+        assert await usage_of(store, "x") == (300, 0)
+
+    async def test_release_after_lease_expiry_does_not_go_negative(self, store, fake_clock):
+        """Releasing an expired lease succeeds once and never frees other calls' holds."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        fake_clock.advance(LEASE_S + 1)
+        await store.reserve("b", 200, [Limit("x", 1000)], LEASE_S)
+        assert await store.release("a")
+        assert await usage_of(store, "x") == (0, 200)
+
+    async def test_negative_amounts_are_rejected(self, store):
+        """Reserving or settling a negative amount is a programming error."""
+        with pytest.raises(ValueError):
+            await store.reserve("a", -1, [Limit("x", 10)], LEASE_S)
+        await store.reserve("b", 1, [Limit("x", 10)], LEASE_S)
+        with pytest.raises(ValueError):
+            await store.settle("b", -5)
+
+
+class TestCommit:
+    async def test_commit_charges_every_limit_without_cap_check(self, store):
+        """``commit`` adds to committed on every limit, even past the cap."""
+        assert await store.commit("a", 1500, [Limit("x", 1000), Limit("y", 10_000)])
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 1500, 0), LimitUsage("y", 1500, 0)]
+
+    async def test_duplicate_commit_changes_nothing(self, store):
+        """A commit for a call id already committed changes nothing and returns False."""
+        assert await store.commit("a", 100, [Limit("x", 1000)])
+        assert not await store.commit("a", 100, [Limit("x", 1000)])
+        assert await usage_of(store, "x") == (100, 0)
+
+    async def test_committed_spend_counts_against_reserve(self, store):
+        """Committed spend leaves only ``cap - committed`` to reserve."""
+        await store.commit("a", 700, [Limit("x", 1000)])
+        assert not (await store.reserve("b", 301, [Limit("x", 1000)], LEASE_S)).ok
+        assert (await store.reserve("c", 300, [Limit("x", 1000)], LEASE_S)).ok
+
+
+class TestUsageAndReset:
+    async def test_usage_of_unknown_keys_is_zero_in_order(self, store):
+        """``usage`` answers every key asked, in order, with zeros for unknown ones."""
+        await store.commit("a", 5, [Limit("b", 100)])
+        assert await store.usage(["a", "b", "c"]) == [
+            LimitUsage("a", 0, 0),
+            LimitUsage("b", 5, 0),
+            LimitUsage("c", 0, 0),
+        ]
+        assert await store.usage([]) == []
+
+    async def test_reset_forgets_committed_and_leases(self, store):
+        """``reset`` zeroes one limit and leaves the others alone."""
+        await store.commit("a", 400, [Limit("x", 1000), Limit("y", 1000)])
+        await store.reserve("b", 500, [Limit("x", 1000)], LEASE_S)
+        await store.reset("x")
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 0), LimitUsage("y", 400, 0)]
+        assert (await store.reserve("c", 1000, [Limit("x", 1000)], LEASE_S)).ok
+
+
+class TestClaim:
+    async def test_first_claim_wins(self, store):
+        """Only the first claim of a token within its ttl succeeds."""
+        assert await store.claim("tok", 10)
+        assert not await store.claim("tok", 10)
+        assert await store.claim("other", 10)
+
+    async def test_claim_is_free_again_after_ttl(self, store, fake_clock):
+        """Once the ttl has passed the token can be claimed again."""
+        assert await store.claim("tok", 10)
+        fake_clock.advance(10.5)
+        assert await store.claim("tok", 10)
+
+
+class TestWindows:
+    async def test_window_end_drops_committed_and_leases(self, store, fake_clock):
+        """A limit whose ``expires_at`` has passed reads empty and admits a full cap again."""
+        limit = Limit("day", 1000, expires_at=fake_clock.now + 60)
+        await store.commit("a", 600, [limit])
+        await store.reserve("b", 300, [limit], LEASE_S)
+        assert await usage_of(store, "day") == (600, 300)
+        fake_clock.advance(61)
+        assert await usage_of(store, "day") == (0, 0)
+        next_day = Limit("day", 1000, expires_at=fake_clock.now + 60)
+        assert (await store.reserve("c", 1000, [next_day], LEASE_S)).ok
+
+    async def test_settle_after_window_end_does_not_revive_it(self, store, fake_clock):
+        """Spend settled after its window ended is not charged to a window that is gone."""
+        window = Limit("day", 1000, expires_at=fake_clock.now + 60)
+        await store.reserve("a", 300, [window, Limit("total", 10_000)], 600)
+        fake_clock.advance(61)
+        assert await store.settle("a", 200)
+        assert await store.usage(["day", "total"]) == [
+            LimitUsage("day", 0, 0),
+            LimitUsage("total", 200, 0),
+        ]
+
+
+class TestLedger:
+    async def test_append_is_idempotent_by_entry_id(self, store):
+        """A repeated ``entry_id`` is ignored and returns False."""
+        assert await store.ledger_append("e1", {"cost": "1"})
+        assert not await store.ledger_append("e1", {"cost": "2"})
+        entries = await store.ledger_read()
+        assert [(e.entry_id, dict(e.fields)) for e in entries] == [("e1", {"cost": "1"})]
+
+    async def test_entries_come_back_in_append_order(self, store, fake_clock):
+        """Reads return entries oldest first with their fields and growing timestamps."""
+        for i in range(5):
+            await store.ledger_append(f"e{i}", {"i": str(i), "entry_id": "field named like the id"})
+            fake_clock.advance(0.01 * (i % 2))
+        entries = await store.ledger_read()
+        assert [e.entry_id for e in entries] == [f"e{i}" for i in range(5)]
+        assert [e.fields["i"] for e in entries] == [str(i) for i in range(5)]
+        assert entries[0].fields["entry_id"] == "field named like the id"
+        stamps = [e.timestamp_ms for e in entries]
+        assert stamps == sorted(stamps)
+        assert abs(stamps[0] - fake_clock.now * 1000) < 100
+
+    async def test_reads_are_bounded_by_time_and_count(self, store, fake_clock):
+        """``since_ms`` and ``until_ms`` are inclusive bounds; ``limit`` keeps the oldest ones."""
+        stamps = []
+        for i in range(5):
+            await store.ledger_append(f"e{i}", {})
+            stamps.append(int(fake_clock.now * 1000))
+            fake_clock.advance(1)
+        ids = [e.entry_id for e in await store.ledger_read(since_ms=stamps[1], until_ms=stamps[3])]
+        assert ids == ["e1", "e2", "e3"]
+        assert [e.entry_id for e in await store.ledger_read(since_ms=stamps[3])] == ["e3", "e4"]
+        assert [e.entry_id for e in await store.ledger_read(until_ms=stamps[0])] == ["e0"]
+        assert [e.entry_id for e in await store.ledger_read(limit=2)] == ["e0", "e1"]
+        assert await store.ledger_read(since_ms=stamps[4] + 1) == []
+
+    async def test_ledger_is_trimmed_to_max_entries(self, make_store, fake_clock):
+        """With ``ledger_max_entries=3`` only the three newest entries remain."""
+        store = await make_store(clock=fake_clock, ledger_max_entries=3)
+        for i in range(6):
+            await store.ledger_append(f"e{i}", {})
+        assert [e.entry_id for e in await store.ledger_read()] == ["e3", "e4", "e5"]
+
+    async def test_ledger_is_trimmed_by_age(self, make_store, fake_clock):
+        """Entries older than ``ledger_max_age_s`` are dropped at the next append."""
+        store = await make_store(clock=fake_clock, ledger_max_age_s=60)
+        await store.ledger_append("old", {})
+        fake_clock.advance(30)
+        await store.ledger_append("mid", {})
+        fake_clock.advance(40)
+        await store.ledger_append("new", {})
+        assert [e.entry_id for e in await store.ledger_read()] == ["mid", "new"]
+
+
+class TestLifecycle:
+    async def test_ping_answers_and_close_is_idempotent(self, make_store):
+        """A started store answers ``ping``; closing twice is harmless."""
+        store = await make_store()
+        assert await store.ping()
+        await store.close()
+        await store.close()

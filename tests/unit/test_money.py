@@ -1,0 +1,94 @@
+"""Integer nano-dollars: conversion at the edges is exact and formatting is human."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from costkit_litellm.money import (
+    NANO_PER_USD,
+    MoneyError,
+    format_usd,
+    format_usd_short,
+    nano_to_decimal,
+    nano_to_float,
+    usd_to_nano,
+)
+
+
+class TestUsdToNano:
+    @pytest.mark.parametrize(
+        ("amount", "nano"),
+        [
+            (1, 1_000_000_000),
+            (0, 0),
+            ("0.15", 150_000_000),
+            (Decimal("2.5"), 2_500_000_000),
+            (1.35e-05, 13_500),
+            (0.1, 100_000_000),
+            (-0.25, -250_000_000),
+            ("1e-9", 1),
+        ],
+    )
+    def test_converts_exactly(self, amount, nano):
+        """Dollars in any accepted form become the nano-dollar integer a human would write."""
+        assert usd_to_nano(amount) == nano
+
+    def test_floats_are_read_through_repr(self):
+        """A float cost sums without drift: 10,000 x 1.35e-05 is exactly 135,000,000 n$."""
+        assert sum(usd_to_nano(1.35e-05) for _ in range(10_000)) == 135_000_000
+
+    @pytest.mark.parametrize(("amount", "nano"), [("0.0000000005", 0), ("0.0000000015", 2)])
+    def test_sub_nano_rounds_half_to_even(self, amount, nano):
+        """Fractions of a nano-dollar round half to even."""
+        assert usd_to_nano(amount) == nano
+
+    @pytest.mark.parametrize("bad", ["abc", "", float("nan"), float("inf"), "Infinity", True])
+    def test_rejects_what_is_not_money(self, bad):
+        """Text, booleans and non-finite numbers raise ``MoneyError`` (a ``ValueError``)."""
+        with pytest.raises(MoneyError):
+            usd_to_nano(bad)
+        assert issubclass(MoneyError, ValueError)
+
+
+class TestBackToDollars:
+    def test_decimal_is_exact(self):
+        """``nano_to_decimal`` is the exact inverse of ``usd_to_nano``."""
+        assert nano_to_decimal(13_500) == Decimal("0.0000135")
+        assert usd_to_nano(nano_to_decimal(123_456_789_123)) == 123_456_789_123
+
+    def test_float_for_metrics(self):
+        """``nano_to_float`` gives dollars as a float."""
+        assert nano_to_float(NANO_PER_USD // 4) == 0.25
+
+
+class TestFormatting:
+    @pytest.mark.parametrize(
+        ("nano", "places", "text"),
+        [
+            (13_500, 9, "0.000013500"),
+            (1_500_000_000, 2, "1.50"),
+            (0, 9, "0.000000000"),
+            (5, 8, "0.00000000"),
+            (15, 8, "0.00000002"),
+            (-2_000_000_000, 2, "-2.00"),
+        ],
+    )
+    def test_format_usd_is_plain_decimal(self, nano, places, text):
+        """Fixed places, half-even rounding, never an exponent."""
+        assert format_usd(nano, places) == text
+
+    @pytest.mark.parametrize(
+        ("nano", "text"),
+        [
+            (1_234_000_000, "$1.23"),
+            (0, "$0.00"),
+            (10_000_000, "$0.01"),
+            (13_500, "$0.0000135"),
+            (1, "$0.000000001"),
+        ],
+    )
+    def test_format_usd_short_for_humans(self, nano, text):
+        """Cents for normal amounts, just enough places for amounts under a cent."""
+        assert format_usd_short(nano) == text
