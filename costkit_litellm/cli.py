@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from costkit_litellm.config import CostKitConfig, load_config, mask_url
+from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.errors import ConfigError
+from costkit_litellm.redact import mask_url
 from costkit_litellm.store import StoreError
 
 CALLBACK_PATH = "costkit_litellm.litellm_adapter.proxy.costkit_callback"

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from costkit_litellm.errors import ConfigError
+from costkit_litellm.redact import mask_url
 
 SECTION = "costkit"
 _ENV_REF = re.compile(r"^os\.environ/(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.S)
@@ -136,11 +137,6 @@ class CostKitConfig(_Section):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{mask_url(value)!r} is not a Redis URL; use redis://, rediss:// or unix://")
         return value
-
-
-def mask_url(url: str) -> str:
-    """Hide a password in a URL for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from costkit_litellm.testing.proxy_server import free_port
+from costkit_litellm.testing.ports import free_port, port_is_free
 
 STATE = Path(".costkit") / "demo"
 WORKLOAD = [
@@ -46,15 +45,6 @@ ROUNDS = 4
 
 
 DEFAULT_PORT = 4000
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -166,7 +156,7 @@ def start(config: str, port: int | None) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     stop_quietly()
     provider_port = free_port()
-    proxy_port = port or (DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port())
+    proxy_port = port or (DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port())
     key = "sk-demo-" + secrets.token_hex(16)
     (STATE / "master_key").write_text(key)
     env = dict(os.environ)

@@ -16,10 +16,11 @@ import sys
 import threading
 from typing import Any
 
-from costkit_litellm.config import CostKitConfig, mask_url
+from costkit_litellm.config import CostKitConfig
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.kit import CostKit
 from costkit_litellm.litellm_adapter.callback import CostKitCallback
+from costkit_litellm.redact import mask_url
 from costkit_litellm.store.factory import store_from_url
 
 log = logging.getLogger(__name__)

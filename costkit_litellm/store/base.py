@@ -1,6 +1,6 @@
 """The ``Store`` protocol: the shared state every capability needs, and its result types.
 
-Two implementations pass one contract suite (``tests/contract``): ``MemoryStore`` (in-process,
+Two implementations pass one contract suite (``tests/integration/test_store_contract.py``): ``MemoryStore`` (in-process,
 the embedded default) and ``RedisStore`` (production, Lua scripts, any number of replicas).
 
 Vocabulary:

@@ -31,12 +31,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from costkit_litellm.redact import mask_url
 from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, StoreError
 from costkit_litellm.store.memory import DEFAULT_LEDGER_DEDUPE_S, DEFAULT_RESERVATION_GRACE_S
 
@@ -56,18 +56,6 @@ _SCRIPTS: Final = (
     "ledger_read",
 )
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # IPv6 literal
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def _ms(seconds: float) -> str:

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from costkit_litellm.testing.ports import free_port
 
 __all__ = [
     "COSTKIT_CALLBACK",
@@ -65,14 +66,6 @@ class ProxyStartError(RuntimeError):
         """The process exit code, or ``None`` if it was still running (timeout)."""
         self.log_tail = log_tail
         """The last lines of the proxy's log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _litellm_executable() -> str:

