@@ -45,6 +45,15 @@ def check_config(path: str) -> int:
     print(f"{path}: costkit configuration is valid")
     print(f"  state: {'Redis ' + mask_url(config.redis_url) if config.redis_url else 'in process (embedded default)'}")
     print(f"  metrics labels: {', '.join(('model', *config.metrics.tag_labels))}")
+    for budget in config.budgets:
+        only = f" ({', '.join(budget.values)})" if budget.values else ""
+        print(
+            f"  budget {budget.name}: ${budget.limit_usd} per {budget.scope}{only} per {budget.window}, "
+            f"{budget.action}" + (f" to {budget.downgrade_to}" if budget.downgrade_to else "")
+        )
+    if config.breaker.enabled:
+        b = config.breaker
+        print(f"  breaker: {b.max_steps} steps, ${b.max_spend_usd} per session, loops at {b.loop_threshold} repeats")
     if CALLBACK_PATH not in callbacks:
         print(f"warning: litellm_settings.callbacks does not name {CALLBACK_PATH}; the proxy will not load the pack")
         return 0 if "costkit" not in document else 2
@@ -95,6 +104,70 @@ def ledger(path: str, since: float | None, limit: int | None, fmt: str) -> int:
     return 0
 
 
+async def _budgets(args: argparse.Namespace) -> int:
+    from costkit_litellm.budgets.admin import BudgetAdmin
+    from costkit_litellm.money import format_usd_short
+    from costkit_litellm.store.factory import store_from_url
+
+    config = load_config(args.config)
+    if not config.redis_url:
+        raise StoreError(
+            "budgets of the embedded default live inside the proxy process; set costkit.redis_url "
+            "(e.g. REDIS_URL) to show, set or reset them from here"
+        )
+    store = store_from_url(config.redis_url, prefix=config.key_prefix, cluster=config.redis_cluster)
+    await store.start()
+    try:
+        admin = BudgetAdmin(config, store)
+        if args.action == "show":
+            rows = await admin.show(args.budget)
+            if args.format == "json":
+                for row in rows:
+                    print(json.dumps(_row_json(row), sort_keys=True))
+                return 0
+            print(f"{'budget':<20}{'value':<20}{'window':<8}{'slot':<12}{'spent':>12}{'held':>12}{'limit':>12}  source")
+            for row in rows:
+                print(
+                    f"{row.budget:<20}{row.value:<20}{row.window:<8}{row.slot:<12}"
+                    f"{format_usd_short(row.committed):>12}{format_usd_short(row.reserved):>12}"
+                    f"{format_usd_short(row.limit):>12}  {row.limit_source}"
+                )
+            if not rows:
+                print("(no spend recorded in any live window)")
+        elif args.action == "set":
+            nano = await admin.set_limit(args.budget, args.limit_usd, args.value)
+            who = f"value {args.value!r}" if args.value else "every value"
+            print(
+                f"budget {args.budget!r}: limit {format_usd_short(nano)} for {who} (runtime setting, wins over config)"
+            )
+        elif args.action == "unset":
+            removed = await admin.unset_limit(args.budget, args.value)
+            print("runtime limit removed; the config applies again" if removed else "no runtime limit was set")
+        else:
+            keys = await admin.reset(args.budget, args.value)
+            print(f"reset {len(keys)} window(s) of budget {args.budget!r}")
+    finally:
+        await store.close()
+    return 0
+
+
+def _row_json(row: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(row)
+
+
+def budgets(args: argparse.Namespace) -> int:
+    """``costkit budgets show|set|unset|reset``: runtime budgets in the configured Redis."""
+    from costkit_litellm.errors import CostKitError
+
+    try:
+        return asyncio.run(_budgets(args))
+    except (ConfigError, CostKitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``costkit`` command."""
     parser = argparse.ArgumentParser(prog="costkit", description="Cost management for the LiteLLM proxy and Router.")
@@ -107,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--since", type=parse_duration, default=None, help="e.g. 15m, 24h, 7d")
     led.add_argument("--limit", type=int, default=None)
     led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    bud = sub.add_parser("budgets", help="show, set, unset or reset budgets at runtime (needs costkit.redis_url)")
+    bud_sub = bud.add_subparsers(dest="action", required=True)
+    show = bud_sub.add_parser("show", help="spend, holds and limits of every live budget window")
+    show.add_argument("budget", nargs="?", default=None)
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    setp = bud_sub.add_parser("set", help="set a runtime limit (wins over the config on every replica)")
+    setp.add_argument("budget")
+    setp.add_argument("--limit-usd", required=True)
+    setp.add_argument("--value", default=None, help="one scope value (a user, a feature); default: all")
+    unset = bud_sub.add_parser("unset", help="remove a runtime limit")
+    unset.add_argument("budget")
+    unset.add_argument("--value", default=None)
+    reset = bud_sub.add_parser("reset", help="forget the spend of the current window")
+    reset.add_argument("budget")
+    reset.add_argument("--value", default=None)
+    for p in (show, setp, unset, reset):
+        p.add_argument("--config", default="proxy_config.yaml")
     return parser
 
 
@@ -122,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "ledger":
         return ledger(args.config, args.since, args.limit, args.format)
+    if args.command == "budgets":
+        return budgets(args)
     return 2  # unreachable: argparse requires a command
 
 

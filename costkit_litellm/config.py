@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from costkit_litellm.budgets.config import BreakerConfig, BudgetConfig, BudgetSettings
+from costkit_litellm.config_base import NonNegativeUsd, Section
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.redact import mask_url
 
@@ -29,16 +30,7 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = frozenset({"model", "tier", "le", "quantile", "outcome", "source", "direction"})
 
 
-class _Section(BaseModel):
-    """Base for every config section: immutable, unknown keys refused, field docs kept."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-NonNegativeUsd = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-
-
-class ModelPricing(_Section):
+class ModelPricing(Section):
     """Price of one model, overriding LiteLLM's price map (e.g. a self-hosted or negotiated model)."""
 
     input_usd_per_million_tokens: NonNegativeUsd | None = None
@@ -49,7 +41,7 @@ class ModelPricing(_Section):
     """The model's longest possible answer in tokens; used for worst-case estimates."""
 
 
-class PricingConfig(_Section):
+class PricingConfig(Section):
     """How costs are estimated before a call and read after it."""
 
     default_max_output_tokens: Annotated[int, Field(ge=1)] = 4096
@@ -60,7 +52,7 @@ class PricingConfig(_Section):
     deployment's model (``openai/gpt-4o-mini``)."""
 
 
-class RequestConfig(_Section):
+class RequestConfig(Section):
     """Limits on what clients may attach to a request (tags, metadata attributes)."""
 
     max_tags: Annotated[int, Field(ge=0)] = 64
@@ -73,7 +65,7 @@ class RequestConfig(_Section):
     """Request header that carries an agent session id (besides LiteLLM's own session fields)."""
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """Prometheus metrics (prefix ``costkit_``)."""
 
     enabled: bool = True
@@ -101,14 +93,14 @@ class MetricsConfig(_Section):
         return value
 
 
-class HeadersConfig(_Section):
+class HeadersConfig(Section):
     """The ``x-costkit-*`` response headers."""
 
     enabled: bool = True
     """Add ``x-costkit-*`` headers to proxy responses."""
 
 
-class CostKitConfig(_Section):
+class CostKitConfig(Section):
     """The whole ``costkit:`` section."""
 
     enabled: bool = True
@@ -128,6 +120,22 @@ class CostKitConfig(_Section):
     """Prometheus metrics."""
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     """Response headers."""
+    budgets: tuple[BudgetConfig, ...] = ()
+    """Dollar budgets, each a hard cap per scope value and window (see the README's budgets section)."""
+    budget_settings: BudgetSettings = Field(default_factory=BudgetSettings)
+    """How budgets are enforced."""
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    """The agent circuit breaker."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _unique_names(cls, value: tuple[BudgetConfig, ...]) -> tuple[BudgetConfig, ...]:
+        seen: set[str] = set()
+        for budget in value:
+            if budget.name in seen:
+                raise ValueError(f"budget name {budget.name!r} is used twice; names must be unique")
+            seen.add(budget.name)
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -139,11 +147,27 @@ class CostKitConfig(_Section):
         return value
 
 
-def _path(loc: tuple[Any, ...]) -> str:
+def _path(loc: tuple[Any, ...], raw: Any = None) -> str:
     out = SECTION
+    node = raw
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}"
+        node = _child(node, part)
+        name = node.get("name") if isinstance(node, Mapping) and isinstance(part, int) else None
+        if isinstance(name, str):
+            out += f" ({name})"
     return out
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+        return node[part]
+    if isinstance(node, Mapping):
+        return node.get(part)
+    return None
 
 
 def _resolve_env(value: Any, loc: tuple[Any, ...], problems: list[str], env: Mapping[str, str]) -> Any:
@@ -178,7 +202,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         message = message[len("Value error, ") :]
     last = str(error["loc"][-1]) if error["loc"] else ""
     secret = any(word in last for word in ("url", "password", "secret", "key"))
-    if "input" in error and kind != "missing" and not secret and not isinstance(error["input"], (dict, list)):
+    shown = not isinstance(error.get("input"), (dict, list)) and repr(error.get("input")) not in message
+    if "input" in error and kind != "missing" and not secret and shown:
         return f"{error['input']!r}: {message}"
     return message
 
@@ -200,7 +225,7 @@ def parse_config(
     try:
         return CostKitConfig.model_validate(resolved)
     except ValidationError as exc:
-        found = [f"{_path(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        found = [f"{_path(tuple(e['loc']), resolved)}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError(found, source) from None
 
 

@@ -132,6 +132,30 @@ async def _drive(base_url: str, key: str) -> list[tuple[str, str, Decimal, Decim
     return results
 
 
+async def _runaway_agent(base_url: str, key: str) -> list[tuple[int, str]]:
+    """An agent that keeps calling the same search tool: the breaker stops it at the third call."""
+    headers = {"Authorization": f"Bearer {key}", "x-costkit-session": "demo-agent-" + secrets.token_hex(4)}
+    messages: list[dict[str, object]] = [{"role": "user", "content": "When was Python 3.0 released?"}]
+    seen = []
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        for step in range(4):
+            response = await client.post(
+                "/v1/chat/completions", json={"model": "gpt-4o-mini", "max_tokens": 100, "messages": messages}
+            )
+            detail = response.json()["error"]["type"] if response.status_code != 200 else "answered"
+            seen.append((response.status_code, detail))
+            if response.status_code != 200:
+                break
+            call = {
+                "id": f"call_{step}",
+                "type": "function",
+                "function": {"name": "search", "arguments": '{"q": "python"}'},
+            }
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            messages.append({"role": "tool", "tool_call_id": f"call_{step}", "content": "Pythons are large snakes."})
+    return seen
+
+
 _SAMPLE = re.compile(r"^costkit_spend_usd_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
 
 
@@ -216,6 +240,9 @@ def start(config: str, port: int | None) -> None:
         f"\ncheck: metrics total ${metric_total:.9f}, headers total ${total:.9f}, "
         f"LiteLLM's own x-litellm-response-cost total ${litellm_total:.9f}"
     )
+    print("\na runaway agent searching for 'python' again and again (breaker: loop_threshold 3):")
+    for step, (status, detail) in enumerate(asyncio.run(_runaway_agent(base_url, key)), start=1):
+        print(f"  step {step}: HTTP {status} {detail}")
     print(
         "\nThe gateway is still running. Call it:\n"
         f"  curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\\n"

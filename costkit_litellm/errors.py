@@ -5,8 +5,10 @@
     CostKitError
     ├── ConfigError            bad `costkit:` section; names the file and the key path
     ├── StoreError             (costkit_litellm.store) the shared store failed
-    └── RequestRejected        a policy refused a request; carries the HTTP status and an
-        └── BadRequestMetadata   OpenAI-shaped error body (status 400: malformed metadata)
+    ├── RequestRejected        a policy refused a request; carries the HTTP status and an
+    │   └── BadRequestMetadata   OpenAI-shaped error body (status 400: malformed metadata)
+    └── RequestAnswered        a policy answers the request itself (e.g. the breaker's final
+                               message): the client gets this assistant message at $0
 
 Clients of the proxy see ``RequestRejected`` as an HTTP error with an OpenAI-shaped body;
 application code using the Router sees the exception itself.
@@ -74,3 +76,12 @@ class BadRequestMetadata(RequestRejected):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=400, error_type="invalid_request_error")
+
+
+class RequestAnswered(CostKitError):
+    """A policy answers the request itself, without a provider call, at $0."""
+
+    def __init__(self, content: str, reason: str) -> None:
+        super().__init__(content)
+        self.content = content
+        self.reason = reason

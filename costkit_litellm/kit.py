@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from costkit_litellm.accounting.metrics import CostMetrics
 from costkit_litellm.accounting.recorder import AccountingStage
+from costkit_litellm.budgets.breaker import BreakerStage
+from costkit_litellm.budgets.enforce import BudgetStage
+from costkit_litellm.budgets.metrics import BudgetMetrics
+from costkit_litellm.budgets.policy import BudgetPolicy
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
 from costkit_litellm.money import format_usd
@@ -42,6 +47,7 @@ class CostKit:
         price_source: PriceSource | None = None,
         registry: CollectorRegistry | None = REGISTRY,
         source: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config or CostKitConfig()
         self.source = source
@@ -54,7 +60,27 @@ class CostKit:
             if self.config.metrics.enabled
             else None
         )
-        self.stages: list[Stage] = [AccountingStage(self.store, self.metrics)]
+        self.stages: list[Stage] = []
+        self.budget_metrics: BudgetMetrics | None = None
+        settings = self.config.budget_settings
+        if self.config.budgets or self.config.breaker.enabled:
+            if self.config.metrics.enabled:
+                self.budget_metrics = BudgetMetrics(settings.max_remaining_series, registry)
+            if self.config.breaker.enabled:
+                self.stages.append(
+                    BreakerStage(
+                        self.config.breaker,
+                        self.store,
+                        self.budget_metrics,
+                        fail_closed=settings.on_store_error == "fail_closed",
+                        clock=clock,
+                    )
+                )
+            policy = BudgetPolicy(self.config.budgets, settings, clock)
+            self.stages.append(
+                BudgetStage(policy, self.store, lambda: self.pricing, self.budget_metrics, self.config.redis_url)
+            )
+        self.stages.append(AccountingStage(self.store, self.metrics))
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
 
@@ -103,13 +129,14 @@ class CostKit:
         context: RequestContext,
         prompt_tokens: int,
         deployment_model: str | None = None,
+        messages: Sequence[Any] = (),
     ) -> Admission:
         """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses."""
         await self.start()
         estimate = self.pricing.worst_case(
             context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
         )
-        admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model)
+        admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model, messages=messages)
         if self.config.headers.enabled:
             admission.headers[HEADER_MAX_COST] = (
                 format_usd(estimate.amount) if estimate.amount is not None else "unknown"

@@ -10,15 +10,19 @@ accounting (after).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from costkit_litellm.context import RequestContext, from_json
+from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate
+from costkit_litellm.store import Limit, LimitUsage
 
 OutcomeKind = Literal["success", "failure"]
+RefusalFor = Callable[[LimitUsage], RequestRejected | RequestAnswered]
+"""Builds the refusal when a limit a stage contributed is the one that denies the reservation."""
 
 
 @dataclass(slots=True)
@@ -32,6 +36,12 @@ class Admission:
     """Set by a stage that rewrites the request's model (e.g. routing); None keeps it."""
     headers: dict[str, str] = field(default_factory=dict)
     """``x-costkit-*`` headers for the response."""
+    messages: Sequence[Any] = ()
+    """The request's messages (read-only), for stages that look at the conversation."""
+    extra_limits: list[tuple[Limit, RefusalFor]] = field(default_factory=list)
+    """Limits other stages want held with the budgets in the one all-or-nothing reservation."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """JSON-safe per-stage state carried to ``on_outcome`` (keyed by stage name)."""
 
     def stash(self) -> dict[str, Any]:
         """JSON-safe state carried in the request's metadata to the post-call callbacks."""
@@ -39,6 +49,7 @@ class Admission:
             "context": self.context.to_json(),
             "estimate_nano": self.estimate.amount,
             "headers": dict(self.headers),
+            "state": dict(self.state),
         }
 
 
@@ -49,6 +60,7 @@ class Stash:
     context: RequestContext
     estimate_nano: int | None
     headers: Mapping[str, str]
+    state: Mapping[str, Any]
 
     @classmethod
     def read(cls, raw: object) -> Stash | None:
@@ -57,10 +69,12 @@ class Stash:
             return None
         estimate = raw.get("estimate_nano")
         headers = raw.get("headers")
+        state = raw.get("state")
         return cls(
             context=from_json(raw["context"]),
             estimate_nano=estimate if isinstance(estimate, int) else None,
             headers=dict(headers) if isinstance(headers, Mapping) else {},
+            state=dict(state) if isinstance(state, Mapping) else {},
         )
 
 
@@ -82,6 +96,8 @@ class Outcome:
     error: str | None = None
     latency_s: float | None = None
     timestamp: float = 0.0
+    state: Mapping[str, Any] = field(default_factory=dict)
+    """What the stages put in ``Admission.state`` before the call."""
 
 
 class Stage(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import types
 from decimal import Decimal
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -17,6 +17,8 @@ END = "<!-- config-reference:end -->"
 
 def _default(model: type[BaseModel], name: str) -> str:
     field = model.model_fields[name]
+    if field.is_required():
+        return "required"
     if field.default_factory is not None:
         value: Any = field.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
@@ -25,7 +27,7 @@ def _default(model: type[BaseModel], name: str) -> str:
         value = field.default
     if isinstance(value, tuple):
         value = list(value)
-    return json.dumps(value, default=str)
+    return json.dumps(value, default=lambda v: float(v) if isinstance(v, Decimal) else str(v))
 
 
 def _type_name(annotation: Any) -> str:
@@ -38,6 +40,11 @@ def _type_name(annotation: Any) -> str:
         return " or ".join(names) + (" (optional)" if optional else "")
     if origin is tuple:
         return f"list of {_type_name(get_args(annotation)[0])}"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if origin is dict:
+        key, value = get_args(annotation)
+        return f"map of {_type_name(key)} to {_type_name(value)}"
     if annotation is Decimal:
         return "number"
     return getattr(annotation, "__name__", str(annotation))
@@ -54,13 +61,18 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.extend(_rows(annotation, path))
             continue
         kind = _type_name(annotation)
-        if get_origin(annotation) is dict:
-            rows.append(f"| `{path}` | map of model name to pricing | {_default(model, name)} | {doc} |")
-            from costkit_litellm.config import ModelPricing
-
-            rows.extend(_rows(ModelPricing, f"{path}.<model>"))
+        item = get_args(annotation)[0] if get_origin(annotation) is tuple else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            rows.append(f"| `{path}` | list of sections | `[]` | {doc} |")
+            rows.extend(_rows(item, f"{path}[]"))
             continue
-        rows.append(f"| `{path}` | `{kind}` | `{_default(model, name)}` | {doc} |")
+        value_type = get_args(annotation)[1] if get_origin(annotation) is dict else None
+        if isinstance(value_type, type) and issubclass(value_type, BaseModel):
+            rows.append(f"| `{path}` | map of name to section | `{{}}` | {doc} |")
+            rows.extend(_rows(value_type, f"{path}.<name>"))
+            continue
+        default = _default(model, name)
+        rows.append(f"| `{path}` | {kind} | {default if default == 'required' else f'`{default}`'} | {doc} |")
     return rows
 
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import litellm
 
+from costkit_litellm.errors import RequestAnswered
 from costkit_litellm.kit import CostKit
-from costkit_litellm.litellm_adapter.callback import CostKitCallback
+from costkit_litellm.litellm_adapter.callback import CostKitCallback, final_answer
 
 _ATTR = "_costkit_callback"
 
@@ -46,7 +47,10 @@ def _wrap(callback: CostKitCallback, call: Callable[..., Awaitable[Any]]) -> Cal
         if not callback.kit.config.enabled:
             return await call(**kwargs)
         kwargs.setdefault("litellm_call_id", str(uuid.uuid4()))
-        await callback.admit(kwargs)
+        try:
+            await callback.admit(kwargs)
+        except RequestAnswered as answer:
+            return final_answer(str(kwargs.get("model", "")), answer)
         response = await call(**kwargs)
         _attach_headers(callback, kwargs, response)
         return response

@@ -12,19 +12,22 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import HTTPException
+from litellm import ModelResponse
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy._types import ProxyException
 
 from costkit_litellm.context import from_logging_payload, from_request
-from costkit_litellm.errors import RequestRejected
+from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
 from costkit_litellm.money import Nano, format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome, Stash
+from costkit_litellm.pricing import CostEstimate
 
 log = logging.getLogger(__name__)
 
 STASH_KEY = "costkit"
+HEADER_STOPPED = "x-costkit-stopped"
 _CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
 
 
@@ -45,9 +48,25 @@ def _metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def as_http_exception(exc: RequestRejected) -> HTTPException:
-    """The proxy answers a refusal with this: status, OpenAI-shaped error, extra headers."""
-    return HTTPException(status_code=exc.status, detail=exc.body()["error"], headers=exc.headers or None)
+def as_http_exception(exc: RequestRejected) -> ProxyException:
+    """The proxy answers a refusal with this: status, OpenAI-shaped error with our ``type``, extra headers.
+
+    A ``ProxyException`` keeps its ``type``; an ``HTTPException(429)`` would be retyped ``rate_limit_error``.
+    """
+    return ProxyException(
+        message=exc.message, type=exc.error_type, param=None, code=exc.status, headers=dict(exc.headers) or None
+    )
+
+
+def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
+    """An assistant message with zero usage, answered without a provider call."""
+    response = ModelResponse(
+        model=model,
+        choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer.content}}],
+        usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    )
+    response._hidden_params["additional_headers"] = {HEADER_STOPPED: answer.reason}
+    return response
 
 
 def response_cost(response: Any) -> Nano | None:
@@ -80,15 +99,27 @@ class CostKitCallback(CustomLogger):
         context = from_request(data, self.kit.config.request)
         deployment = self.prices.deployment_model(context.model)
         tokens = count_prompt_tokens(deployment or context.model, data.get("messages"))
-        admission = await self.kit.admit(context, tokens, deployment)
+        messages = data.get("messages")
+        try:
+            admission = await self.kit.admit(
+                context, tokens, deployment, messages if isinstance(messages, list) else ()
+            )
+        except RequestAnswered as answer:
+            stopped = Admission(context=context, estimate=CostEstimate(Nano(0), tokens, 0, None))
+            stopped.headers[HEADER_STOPPED] = answer.reason
+            self._stash(data, stopped)
+            raise
         if admission.model is not None:
             data["model"] = admission.model
+        self._stash(data, admission)
+        return admission
+
+    def _stash(self, data: dict[str, Any], admission: Admission) -> None:
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {} if metadata is None else dict(metadata)
             data["metadata"] = metadata
         metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
-        return admission
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
@@ -100,6 +131,9 @@ class CostKitCallback(CustomLogger):
             await self.admit(data)
         except RequestRejected as exc:
             raise as_http_exception(exc) from None
+        except RequestAnswered as answer:
+            # The proxy answers a request whose mock_response is a ModelResponse itself, at $0.
+            data["mock_response"] = final_answer(str(data.get("model", "")), answer)
         return data
 
     # --- response headers ---------------------------------------------------------------
@@ -168,6 +202,7 @@ class CostKitCallback(CustomLogger):
             error=str(payload.get("error_str") or "") or None,
             latency_s=latency,
             timestamp=time.time(),
+            state=stash.state if stash else {},
         )
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:

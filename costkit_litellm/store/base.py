@@ -5,28 +5,53 @@ the embedded default) and ``RedisStore`` (production, Lua scripts, any number of
 
 Vocabulary:
 
-- A *limit* is a key with a cap in nano-dollars (or any integer unit) and an optional time at
-  which its window ends (the key then expires). Its state is ``committed`` (settled spend) plus
-  ``reserved`` (live leases).
+- A *limit* is a key with a cap in nano-dollars (or any integer unit). Its state is ``committed``
+  (settled spend) plus ``reserved`` (live leases). Its spend is counted in one of three ways:
+
+  - *total* (neither ``expires_at`` nor ``window_s``): committed spend counts forever (until
+    ``reset``);
+  - *fixed window* (``expires_at``): everything counts until that time, then the limit's state is
+    dropped at once (calendar day, month: the caller puts the period in the key);
+  - *rolling window* (``window_s``, ``buckets``): ``committed`` is the spend committed within the
+    last ``window_s`` seconds, counted in ``buckets`` epoch-aligned buckets of ``bucket_ms``
+    (``Limit.rolling_ms``). Spend committed at ``t`` counts while ``now < t + window_s`` and stops
+    counting at most one bucket later, never earlier, so a rolling cap can never overshoot.
+    Reserved amounts (leases) are not bucketed: they count until settled, released or expired.
+    The store remembers a limit's rolling window, so a plain key (``usage``, ``list_limits``)
+    reads it as rolling too, and a rolling limit with nothing committed or held is dropped.
+
+  Setting both ``expires_at`` and ``window_s`` is a ``ValueError`` at the call.
 - ``reserve`` holds ``amount`` against several limits at once, all or nothing: it succeeds only if
   for every limit ``committed + reserved + amount <= cap``. The hold is a *lease*: if neither
   ``settle`` nor ``release`` arrives within ``lease_s`` seconds, it stops counting by itself (a
-  crashed replica gives its holds back).
+  crashed replica gives its holds back). On success it answers the usage of every limit *after*
+  the hold (``ReserveResult.usages``), so the caller knows the tightest remaining room without
+  another round trip.
 - ``settle`` turns a reservation into committed spend of the *actual* amount (which may differ
-  from the reserved worst case) on every limit it held; ``release`` drops it. Both are idempotent
-  by call id: the second call for the same id changes nothing and returns ``False``. A settle
-  after the lease expired still commits (the money was spent), without double-freeing the hold.
+  from the reserved worst case) on every limit it held (for a rolling limit: in the bucket of the
+  settle time); ``release`` drops it. Both are idempotent by call id: the second call for the same
+  id changes nothing and returns ``False``. A settle after the lease expired still commits (the
+  money was spent), without double-freeing the hold.
 - ``commit`` charges an amount with no prior reservation (accounting-only paths), idempotent too.
+- ``usage`` reads limits (by ``Limit`` or plain key); ``list_limits`` finds every live limit
+  under a key prefix (operators' ``costkit budgets show``; not for the hot path).
+- A *counter* (``incr``/``get``) is a plain integer with an optional expiry, fixed at creation or
+  (``extend=True``) pushed back by every increment: an inactivity timeout.
+- A *settings map* (``map_set``/``map_get_all``/``map_delete``) is a small named string map for
+  runtime configuration that every replica reads (e.g. budget overrides set by the CLI).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from costkit_litellm.errors import CostKitError
 
-class StoreError(Exception):
+
+class StoreError(CostKitError):
     """The store could not be reached or answered in a way we cannot use.
 
     Callers apply their configured fail-open / fail-closed policy on this error; it never
@@ -34,9 +59,13 @@ class StoreError(Exception):
     """
 
 
+MAX_BUCKETS = 10_000
+"""The most buckets a rolling limit may have (each is a field in the limit's state)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One cap to reserve against."""
+    """One cap to reserve against (or one limit to read: the cap does not matter then)."""
 
     key: str
     """Store key of the limit, without the store's prefix (e.g. ``budget:daily:user=123:20261129``)."""
@@ -44,6 +73,41 @@ class Limit:
     """The most that ``committed + reserved`` may reach, in nano-dollars (or counts)."""
     expires_at: float | None = None
     """Unix time at which the window ends and the limit's state may be dropped; None keeps it."""
+    window_s: float | None = None
+    """Length of a rolling window in seconds: only spend committed within it counts. None: not rolling."""
+    buckets: int = 60
+    """How many time buckets a rolling window is counted in (its granularity)."""
+
+    def rolling_ms(self) -> tuple[int, int]:
+        """``(window_ms, bucket_ms)`` of a rolling limit, ``(0, 0)`` for any other.
+
+        ``window_ms`` is ``window_s`` rounded up to a millisecond and ``bucket_ms`` is
+        ``window_ms / buckets`` rounded up (at least 1): both round towards counting longer.
+        """
+        if self.window_s is None:
+            return 0, 0
+        window_ms = max(1, math.ceil(self.window_s * 1000))
+        return window_ms, max(1, -(-window_ms // self.buckets))
+
+
+def check_limits(limits: Sequence[Limit]) -> None:
+    """Raise ``ValueError`` for a limit that is both rolling and fixed-window, or ill-formed."""
+    for limit in limits:
+        if limit.window_s is None:
+            continue
+        if limit.expires_at is not None:
+            raise ValueError(f"limit {limit.key!r}: set either window_s (rolling) or expires_at (fixed), not both")
+        if not (math.isfinite(limit.window_s) and limit.window_s > 0):
+            raise ValueError(f"limit {limit.key!r}: window_s must be > 0, got {limit.window_s}")
+        if not 1 <= limit.buckets <= MAX_BUCKETS:
+            raise ValueError(f"limit {limit.key!r}: buckets must be in 1..{MAX_BUCKETS}, got {limit.buckets}")
+
+
+def as_limits(limits: Sequence[Limit | str]) -> list[Limit]:
+    """``usage``'s argument as limits (a plain key is a limit without a window of its own), checked."""
+    result = [Limit(item, 0) if isinstance(item, str) else item for item in limits]
+    check_limits(result)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +128,11 @@ class ReserveResult:
     """On refusal: the usage of the limit that refused (before this request)."""
     denied_cap: int | None = None
     """On refusal: that limit's cap."""
+    usages: tuple[LimitUsage, ...] = ()
+    """On success: the usage of every limit, in the order given, *after* this hold (its amount is
+    in ``reserved``). A repeated reserve for a live or finished call id holds nothing and answers
+    the usage as it is. Empty on refusal. On Redis Cluster each entry is read when that limit was
+    held (limits live in different slots), so concurrent calls may have moved the earlier ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +159,29 @@ class Store(Protocol):
         """True when the store answers."""
 
     # --- counters -----------------------------------------------------------------------
-    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        """Add ``amount`` to a counter and return the new value; ``ttl_s`` sets its expiry
-        when the counter is created (it is not extended by later increments)."""
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None, extend: bool = False) -> int:
+        """Add ``amount`` to a counter and return the new value.
+
+        ``ttl_s`` sets its expiry when the counter is created; later increments keep that expiry
+        unless ``extend=True``, which pushes it to ``ttl_s`` after *this* increment (the counter
+        lives while it is used and ends after ``ttl_s`` of inactivity, e.g. an agent session).
+        An expired counter starts again from ``amount``."""
 
     async def get(self, key: str) -> int:
         """A counter's value, 0 when absent or expired."""
 
     # --- reservations -------------------------------------------------------------------
     async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
-        """Hold ``amount`` against every limit, all or nothing. Reserving an id that already
-        holds a live reservation returns ok without holding twice."""
+        """Hold ``amount`` against every limit, all or nothing, for ``lease_s`` seconds.
+
+        Admitted: ``ok`` with ``usages`` (every limit after the hold). Refused: ``denied`` and
+        ``denied_cap`` name the first limit in the given order that would pass its cap, and
+        nothing is held anywhere. Reserving an id that already holds a live reservation (or was
+        settled or released) returns ok without holding twice."""
 
     async def settle(self, call_id: str, actual: int) -> bool:
-        """Commit ``actual`` on the limits the reservation held; False if unknown or done."""
+        """Commit ``actual`` on the limits the reservation held (rolling limits: in the bucket of
+        now); False if unknown or done."""
 
     async def release(self, call_id: str) -> bool:
         """Drop the reservation; False if unknown or already settled/released."""
@@ -111,11 +189,32 @@ class Store(Protocol):
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge ``amount`` with no reservation, idempotent by ``call_id``; caps not checked."""
 
-    async def usage(self, keys: Sequence[str]) -> list[LimitUsage]:
-        """Committed and live-reserved amounts of each key (expired leases excluded)."""
+    async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
+        """Committed and live-reserved amounts of each limit, in order (zeros when unknown).
+
+        Expired leases are excluded; a rolling limit's ``committed`` is its rolling sum. A plain
+        key reads the limit as the store knows it (rolling if it was written as rolling); a
+        ``Limit``'s ``window_s`` is used when given, its cap is ignored."""
+
+    async def list_limits(self, key_prefix: str) -> list[LimitUsage]:
+        """The usage of every live limit whose key starts with ``key_prefix``, sorted by key.
+
+        *Live* means it has state: a fixed window that ended, a limit that was ``reset`` and a
+        rolling limit with nothing committed in its window nor held are not listed. Scans the
+        whole store (every primary of a cluster): for operators, not for the hot path."""
 
     async def reset(self, key: str) -> None:
         """Forget a limit's committed spend and leases (operator's ``budgets reset``)."""
+
+    # --- settings maps ------------------------------------------------------------------
+    async def map_set(self, name: str, field: str, value: str) -> None:
+        """Set ``field`` of the settings map ``name`` to ``value`` (creating the map)."""
+
+    async def map_delete(self, name: str, field: str) -> bool:
+        """Remove ``field`` from the map ``name``; False when it was not there."""
+
+    async def map_get_all(self, name: str) -> dict[str, str]:
+        """Every field of the map ``name`` (empty when it does not exist)."""
 
     # --- idempotency --------------------------------------------------------------------
     async def claim(self, token: str, ttl_s: float) -> bool:

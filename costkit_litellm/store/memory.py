@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult
+from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, as_limits, check_limits
 
 DEFAULT_RESERVATION_GRACE_S = 86_400.0
 """How long a reservation record and a done-marker outlive the lease (late settles still count)."""
@@ -29,8 +29,14 @@ _SWEEP_EVERY = 1024
 @dataclass(slots=True)
 class _LimitState:
     committed: int = 0
+    """Total (or fixed-window) spend; for a rolling limit the sum of ``buckets``."""
     reserved: int = 0
     expires_at: float | None = None
+    window_ms: int = 0
+    """Rolling window length in ms, 0 when not rolling."""
+    bucket_ms: int = 0
+    buckets: dict[int, int] = field(default_factory=dict)
+    """Rolling limit: bucket index (``now_ms // bucket_ms``) -> spend committed in it."""
     leases: dict[str, tuple[int, float]] = field(default_factory=dict)
     """call_id -> (amount, lease expiry)."""
     heap: list[tuple[float, str]] = field(default_factory=list)
@@ -40,7 +46,7 @@ class _LimitState:
 @dataclass(frozen=True, slots=True)
 class _Reservation:
     amount: int
-    limits: tuple[tuple[str, float | None], ...]
+    limits: tuple[Limit, ...]
     lease_until: float
     record_until: float
 
@@ -70,6 +76,7 @@ class MemoryStore:
         self._claims: dict[str, float] = {}
         self._ledger: deque[LedgerEntry] = deque()
         self._ledger_ids: dict[str, float] = {}
+        self._maps: dict[str, dict[str, str]] = {}
         self._ops = 0
 
     async def start(self) -> None:
@@ -83,14 +90,16 @@ class MemoryStore:
         return True
 
     # --- counters -----------------------------------------------------------------------
-    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        """Add to a counter; ``ttl_s`` applies only when this call creates it."""
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None, extend: bool = False) -> int:
+        """Add to a counter; ``ttl_s`` applies when this call creates it, or always with ``extend``."""
         now = self._tick()
         current = self._counter(key, now)
         if current is None:
             value, expires_at = amount, (None if ttl_s is None else now + ttl_s)
         else:
             value, expires_at = current[0] + amount, current[1]
+            if extend and ttl_s is not None:
+                expires_at = now + ttl_s
         self._counters[key] = (value, expires_at)
         return value
 
@@ -103,13 +112,14 @@ class MemoryStore:
     async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
         """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
         _check_amount(amount)
+        check_limits(limits)
         now = self._tick()
         if self._is_done(call_id, now):
-            return ReserveResult(ok=True)
+            return ReserveResult(ok=True, usages=self._usages(limits, now))
         previous = self._reservation(call_id, now)
         if previous is not None and previous.lease_until > now:
-            return ReserveResult(ok=True)
-        states = [self._limit(limit.key, now) for limit in limits]
+            return ReserveResult(ok=True, usages=self._usages(limits, now))
+        states = [self._limit(limit.key, now, limit) for limit in limits]
         for limit, state in zip(limits, states, strict=True):
             if state is not None and call_id in state.leases:
                 continue
@@ -126,11 +136,11 @@ class MemoryStore:
                 state.reserved += amount
         self._reservations[call_id] = _Reservation(
             amount=amount,
-            limits=tuple((limit.key, limit.expires_at) for limit in limits),
+            limits=tuple(Limit(limit.key, 0, limit.expires_at, limit.window_s, limit.buckets) for limit in limits),
             lease_until=lease_until,
             record_until=lease_until + self._grace_s,
         )
-        return ReserveResult(ok=True)
+        return ReserveResult(ok=True, usages=self._usages(limits, now))
 
     async def settle(self, call_id: str, actual: int) -> bool:
         """Commit ``actual`` on the reservation's limits, once."""
@@ -143,30 +153,52 @@ class MemoryStore:
 
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        check_limits(limits)
         now = self._tick()
         until = self._committed_ids.get(call_id)
         if until is not None and until > now:
             return False
         self._committed_ids[call_id] = now + self._grace_s
         for limit in limits:
-            self._add_committed(limit.key, limit.expires_at, amount, now)
+            self._add_committed(limit, amount, now)
         return True
 
-    async def usage(self, keys: Sequence[str]) -> list[LimitUsage]:
-        """Committed and live-reserved amount of each key."""
+    async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
+        """Committed and live-reserved amount of each limit (a plain key: as stored)."""
+        return list(self._usages(as_limits(limits), self._clock()))
+
+    async def list_limits(self, key_prefix: str) -> list[LimitUsage]:
+        """Usage of every live limit whose key starts with ``key_prefix``, sorted by key."""
         now = self._clock()
         result = []
-        for key in keys:
+        for key in sorted(k for k in self._limits if k.startswith(key_prefix)):
             state = self._limit(key, now)
-            if state is None:
-                result.append(LimitUsage(key, 0, 0))
-            else:
+            if state is not None:
                 result.append(LimitUsage(key, state.committed, state.reserved))
         return result
 
     async def reset(self, key: str) -> None:
         """Forget a limit's committed spend and leases."""
         self._limits.pop(key, None)
+
+    # --- settings maps ------------------------------------------------------------------
+    async def map_set(self, name: str, field: str, value: str) -> None:
+        """Set one field of a settings map."""
+        self._maps.setdefault(name, {})[field] = value
+
+    async def map_delete(self, name: str, field: str) -> bool:
+        """Remove one field; False when it was not there."""
+        fields = self._maps.get(name)
+        if fields is None or field not in fields:
+            return False
+        del fields[field]
+        if not fields:
+            del self._maps[name]
+        return True
+
+    async def map_get_all(self, name: str) -> dict[str, str]:
+        """A copy of the whole map (empty when absent)."""
+        return dict(self._maps.get(name, {}))
 
     # --- idempotency --------------------------------------------------------------------
     async def claim(self, token: str, ttl_s: float) -> bool:
@@ -252,8 +284,19 @@ class MemoryStore:
             return None
         return record
 
-    def _limit(self, key: str, now: float) -> _LimitState | None:
-        """The live state of a limit: window ended -> dropped; expired leases purged."""
+    def _usages(self, limits: Sequence[Limit], now: float) -> tuple[LimitUsage, ...]:
+        result = []
+        for limit in limits:
+            state = self._limit(limit.key, now, limit)
+            committed, reserved = (0, 0) if state is None else (state.committed, state.reserved)
+            result.append(LimitUsage(limit.key, committed, reserved))
+        return tuple(result)
+
+    def _limit(self, key: str, now: float, limit: Limit | None = None) -> _LimitState | None:
+        """The live state of a limit: window ended -> dropped; expired leases purged; rolling:
+        buckets that left the window dropped, and the whole limit once nothing counts.
+
+        A rolling ``limit`` given by the caller decides the window; else the stored one does."""
         state = self._limits.get(key)
         if state is None:
             return None
@@ -266,20 +309,36 @@ class MemoryStore:
             if lease is not None and lease[1] == until:
                 del state.leases[call_id]
                 state.reserved -= lease[0]
+        window_ms, bucket_ms = (0, 0) if limit is None else limit.rolling_ms()
+        if window_ms == 0:
+            window_ms, bucket_ms = state.window_ms, state.bucket_ms
+        if window_ms > 0:
+            keep = (_ms(now) - window_ms) // bucket_ms  # bucket j counts while now < (j+1)*bucket + window
+            for index in [j for j in state.buckets if j < keep]:
+                state.committed -= state.buckets.pop(index)
+            if state.committed == 0 and state.reserved == 0 and not state.leases:
+                del self._limits[key]
+                return None
         return state
 
     def _limit_for_write(self, limit: Limit, now: float) -> _LimitState:
-        state = self._limit(limit.key, now)
+        state = self._limit(limit.key, now, limit)
         if state is None:
             state = self._limits[limit.key] = _LimitState()
         if limit.expires_at is not None:
             state.expires_at = limit.expires_at
+        if limit.window_s is not None:
+            state.window_ms, state.bucket_ms = limit.rolling_ms()
         return state
 
-    def _add_committed(self, key: str, expires_at: float | None, amount: int, now: float) -> None:
-        if expires_at is not None and expires_at <= now:
+    def _add_committed(self, limit: Limit, amount: int, now: float) -> None:
+        if limit.expires_at is not None and limit.expires_at <= now:
             return  # the window is over; its state is gone
-        self._limit_for_write(Limit(key, 0, expires_at), now).committed += amount
+        state = self._limit_for_write(limit, now)
+        state.committed += amount
+        if state.window_ms > 0:
+            index = _ms(now) // state.bucket_ms
+            state.buckets[index] = state.buckets.get(index, 0) + amount
 
     def _finish(self, call_id: str, actual: int | None) -> bool:
         """Settle (``actual`` given) or release a reservation, at most once."""
@@ -291,14 +350,19 @@ class MemoryStore:
             return False
         del self._reservations[call_id]
         self._done[call_id] = now + self._grace_s
-        for key, expires_at in record.limits:
-            state = self._limit(key, now)
+        for limit in record.limits:
+            state = self._limit(limit.key, now, limit)
             lease = None if state is None else state.leases.pop(call_id, None)
             if state is not None and lease is not None:
                 state.reserved -= lease[0]
             if actual is not None:
-                self._add_committed(key, expires_at, actual, now)
+                self._add_committed(limit, actual, now)
         return True
+
+
+def _ms(now: float) -> int:
+    """Unix time in whole ms, as ``RedisStore`` sends its clock to the scripts (bucket maths)."""
+    return int(now * 1000)
 
 
 def _check_amount(amount: int) -> None:

@@ -5,6 +5,8 @@ This is the only module that imports ``redis``; every redis error leaves it as `
 Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster slot)::
 
     P:{lim:K}:s  hash   c = committed, r = reserved, x = window end (ms)    one limit K
+                        rolling: w, bl = window and bucket (ms), b:J = spend in bucket J,
+                        lo = lowest J present (c = sum of the buckets)
     P:{lim:K}:l  zset   call_id -> lease expiry (ms)                         its live leases
     P:{lim:K}:a  hash   call_id -> reserved amount
     P:{call:I}:r hash   amount, lease_until, limits (JSON)                   reservation record
@@ -12,11 +14,16 @@ Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster
     P:{commit:I} string commit marker, TTL = grace
     P:{ledger}   stream the ledger; P:{ledger}:id:E  its idempotency markers
     P:n:K        hash   counter (v = value, x = end in ms);  P:claim:T  claim token
+    P:map:N      hash   settings map N (plain HSET / HDEL / HGETALL)
 
 Standalone: reserve, settle and release are each one script over every key involved (all or
 nothing). Cluster: a limit's keys share a slot but a call's limits do not, so ``reserve`` holds
 limit by limit and rolls back the earlier holds when a later one refuses; spend still can never
 pass a cap (contention can only cause spurious refusals).
+
+Rolling limits keep their buckets in their own hash; buckets that left the window are dropped
+lazily by the scripts, and every write keeps the three keys alive for max(2 x window, lease).
+``list_limits`` SCANs ``P:{lim:<prefix>*}:s`` (on a cluster redis-py scans every primary).
 
 Time: scripts read the server's ``TIME`` unless a ``clock`` was injected (then ``now`` travels
 as an argument, for deterministic tests). Expiry is checked against that ``now`` inside the
@@ -37,7 +44,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from costkit_litellm.redact import mask_url
-from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, StoreError
+from costkit_litellm.store.base import (
+    LedgerEntry,
+    Limit,
+    LimitUsage,
+    ReserveResult,
+    StoreError,
+    as_limits,
+    check_limits,
+)
 from costkit_litellm.store.memory import DEFAULT_LEDGER_DEDUPE_S, DEFAULT_RESERVATION_GRACE_S
 
 _SCRIPTS: Final = (
@@ -56,6 +71,8 @@ _SCRIPTS: Final = (
     "ledger_read",
 )
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
+_USAGE_BATCH: Final = 256
+"""Limits per ``usage`` script call when reading many (``list_limits``)."""
 
 
 def _ms(seconds: float) -> str:
@@ -144,10 +161,11 @@ class RedisStore:
             return False
 
     # --- counters -----------------------------------------------------------------------
-    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        """Add to a counter; ``ttl_s`` applies only when this call creates it."""
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None, extend: bool = False) -> int:
+        """Add to a counter; ``ttl_s`` applies when this call creates it, or always with ``extend``."""
         ttl = "" if ttl_s is None else _ms(ttl_s)
-        return int(await self._eval("incr", [self._key("n", key)], [self._now(), str(amount), ttl]))
+        args = [self._now(), str(amount), ttl, "1" if extend else "0"]
+        return int(await self._eval("incr", [self._key("n", key)], args))
 
     async def get(self, key: str) -> int:
         """A counter's value, 0 when absent or expired."""
@@ -157,6 +175,7 @@ class RedisStore:
     async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
         """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
         _check_amount(amount)
+        check_limits(limits)
         spec = _spec(limits)
         record = self._record_keys(call_id)
         head = [call_id, str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
@@ -166,8 +185,9 @@ class RedisStore:
             reply = await self._eval("reserve", keys, args)
             return _reserve_result(reply, limits)
         if int(await self._eval("record_state", record, [self._now()])) == 2:
-            return ReserveResult(ok=True)
+            return ReserveResult(ok=True, usages=tuple(await self.usage(limits)))
         held: list[Limit] = []
+        usages: list[LimitUsage] = []
         for limit in limits:
             args = [self._now(), "0", *head, *_cap_args(limit)]
             reply = await self._eval("reserve", self._limit_keys(limit.key), args)
@@ -178,9 +198,10 @@ class RedisStore:
                 return _reserve_result(reply, [limit])
             if int(reply[0]) == 1:
                 held.append(limit)
+            usages.append(LimitUsage(limit.key, int(reply[1]), int(reply[2])))
         put_args = [self._now(), str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
         await self._eval("record_put", record[:1], put_args)
-        return ReserveResult(ok=True)
+        return ReserveResult(ok=True, usages=tuple(usages))
 
     async def settle(self, call_id: str, actual: int) -> bool:
         """Commit ``actual`` on the reservation's limits, once."""
@@ -193,33 +214,62 @@ class RedisStore:
 
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        check_limits(limits)
         marker = [f"{self._prefix}:{{commit:{call_id}}}"]
         ttl = str(self._grace_ms)
         if not self._cluster:
             keys = marker + [k for limit in limits for k in self._limit_keys(limit.key)]
-            args = [self._now(), "1", str(amount), ttl] + [_window_ms(limit.expires_at) for limit in limits]
+            args = [self._now(), "1", str(amount), ttl] + [v for limit in limits for v in _window_args(limit)]
             return int(await self._eval("commit", keys, args)) == 1
         if int(await self._eval("claim", marker, [self._now(), ttl])) == 0:
             return False
         for limit in limits:
-            args = [self._now(), "0", str(amount), ttl, _window_ms(limit.expires_at)]
+            args = [self._now(), "0", str(amount), ttl, *_window_args(limit)]
             await self._eval("commit", self._limit_keys(limit.key), args)
         return True
 
-    async def usage(self, keys: Sequence[str]) -> list[LimitUsage]:
-        """Committed and live-reserved amount of each key."""
-        groups = [[key] for key in keys] if self._cluster else ([list(keys)] if keys else [])
-        result: list[LimitUsage] = []
-        for group in groups:
-            redis_keys = [k for key in group for k in self._limit_keys(key)]
-            reply = await self._eval("usage", redis_keys, [self._now()])
-            for i, key in enumerate(group):
-                result.append(LimitUsage(key, int(reply[2 * i]), int(reply[2 * i + 1])))
-        return result
+    async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
+        """Committed and live-reserved amount of each limit (a plain key: as stored)."""
+        return [usage for usage, _ in await self._usages(as_limits(limits), len(limits) or 1)]
+
+    async def list_limits(self, key_prefix: str) -> list[LimitUsage]:
+        """Usage of every live limit whose key starts with ``key_prefix``, sorted by key.
+
+        SCANs ``P:{lim:<prefix>*}:s`` (every primary of a cluster), then reads the found limits
+        with the usage script, which drops ended windows and empty rolling limits first."""
+        head, tail = f"{self._prefix}:{{lim:", "}:s"
+        pattern = _glob_escape(head + key_prefix) + "*" + tail
+        found: set[str] = set()
+        try:
+            async with self._in_flight:
+                async for name in self._conn().scan_iter(match=pattern, count=1000):
+                    if name.startswith(head) and name.endswith(tail):
+                        found.add(name[len(head) : -len(tail)])
+        except _ERRORS as exc:
+            raise StoreError(f"Redis SCAN failed: {exc}") from exc
+        keys = sorted(key for key in found if key.startswith(key_prefix))
+        usages = await self._usages([Limit(key, 0) for key in keys], _USAGE_BATCH)
+        return [usage for usage, live in usages if live]
 
     async def reset(self, key: str) -> None:
         """Forget a limit's committed spend and leases."""
         await self._call("DEL", *self._limit_keys(key))
+
+    # --- settings maps ------------------------------------------------------------------
+    async def map_set(self, name: str, field: str, value: str) -> None:
+        """Set one field of a settings map (``HSET P:map:<name>``)."""
+        await self._call("HSET", self._key("map", name), field, value)
+
+    async def map_delete(self, name: str, field: str) -> bool:
+        """Remove one field; False when it was not there."""
+        return int(await self._call("HDEL", self._key("map", name), field)) == 1
+
+    async def map_get_all(self, name: str) -> dict[str, str]:
+        """The whole map (empty when absent)."""
+        reply = await self._call("HGETALL", self._key("map", name))
+        if isinstance(reply, dict):
+            return {str(k): str(v) for k, v in reply.items()}
+        return {str(k): str(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
 
     # --- idempotency --------------------------------------------------------------------
     async def claim(self, token: str, ttl_s: float) -> bool:
@@ -277,6 +327,21 @@ class RedisStore:
         base = f"{self._prefix}:{{call:{call_id}}}"
         return [f"{base}:r", f"{base}:d"]
 
+    async def _usages(self, limits: Sequence[Limit], batch: int) -> list[tuple[LimitUsage, bool]]:
+        """(usage, the limit has state) of each limit: in batches of ``batch`` limits per script
+        call on a standalone server, one by one on a cluster (the limits live in other slots)."""
+        size = 1 if self._cluster else batch
+        result: list[tuple[LimitUsage, bool]] = []
+        for start in range(0, len(limits), size):
+            group = limits[start : start + size]
+            redis_keys = [k for limit in group for k in self._limit_keys(limit.key)]
+            args = [self._now()] + [str(v) for limit in group for v in limit.rolling_ms()]
+            reply = await self._eval("usage", redis_keys, args)
+            for i, limit in enumerate(group):
+                usage = LimitUsage(limit.key, int(reply[3 * i]), int(reply[3 * i + 1]))
+                result.append((usage, int(reply[3 * i + 2]) == 1))
+        return result
+
     def _record_ttl(self, lease_s: float) -> str:
         return str(int(lease_s * 1000) + self._grace_ms)
 
@@ -285,8 +350,8 @@ class RedisStore:
         done_ttl = str(self._grace_ms)
         if self._cluster:
             spec = await self._eval("close_record", record, [mode, done_ttl])
-            for key, window in _parse_spec(spec):
-                args = [self._now(), "0", call_id, mode, str(actual), done_ttl, "", window]
+            for key, *windows in _parse_spec(spec):
+                args = [self._now(), "0", call_id, mode, str(actual), done_ttl, "", *windows]
                 await self._eval("finish", self._limit_keys(key), args)
             return bool(spec)
         for _ in range(3):  # the record can only change under us if the call is re-reserved
@@ -294,8 +359,9 @@ class RedisStore:
             if spec is None:
                 return False
             limits = _parse_spec(spec)
-            keys = record + [k for key, _ in limits for k in self._limit_keys(key)]
-            args = [self._now(), "1", call_id, mode, str(actual), done_ttl, spec] + [w for _, w in limits]
+            keys = record + [k for key, *_ in limits for k in self._limit_keys(key)]
+            args = [self._now(), "1", call_id, mode, str(actual), done_ttl, spec]
+            args += [w for _, *windows in limits for w in windows]
             status = int(await self._eval("finish", keys, args))
             if status >= 0:
                 return status == 1
@@ -334,22 +400,43 @@ def _window_ms(expires_at: float | None) -> str:
     return "0" if expires_at is None else str(int(expires_at * 1000))
 
 
+def _window_args(limit: Limit) -> list[str]:
+    """``[window_end_ms, rolling_window_ms, bucket_ms]`` of a limit, as the scripts take them."""
+    window_ms, bucket_ms = limit.rolling_ms()
+    return [_window_ms(limit.expires_at), str(window_ms), str(bucket_ms)]
+
+
 def _cap_args(limit: Limit) -> list[str]:
-    return [str(limit.cap), _window_ms(limit.expires_at)]
+    return [str(limit.cap), *_window_args(limit)]
 
 
 def _spec(limits: Sequence[Limit]) -> str:
-    """The limits a reservation holds, as stored in its record: ``[[key, window_end_ms], ...]``."""
-    return json.dumps([[limit.key, _window_ms(limit.expires_at)] for limit in limits])
+    """The limits a reservation holds, as stored in its record:
+    ``[[key, window_end_ms, rolling_window_ms, bucket_ms], ...]``."""
+    return json.dumps([[limit.key, *_window_args(limit)] for limit in limits])
 
 
-def _parse_spec(spec: str) -> list[tuple[str, str]]:
-    return [(str(key), str(window)) for key, window in json.loads(spec)] if spec else []
+def _parse_spec(spec: str) -> list[tuple[str, str, str, str]]:
+    """A record's limits; a two-field entry (written before rolling windows existed) is not rolling."""
+    result = []
+    for item in json.loads(spec) if spec else []:
+        key, window, *rolling = (str(v) for v in item)
+        window_ms, bucket_ms = rolling if rolling else ("0", "0")
+        result.append((key, window, window_ms, bucket_ms))
+    return result
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis MATCH pattern."""
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
 def _reserve_result(reply: list[Any], limits: Sequence[Limit]) -> ReserveResult:
     if int(reply[0]) != 0:
-        return ReserveResult(ok=True)
+        usages = tuple(
+            LimitUsage(limit.key, int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, limit in enumerate(limits)
+        )
+        return ReserveResult(ok=True, usages=usages)
     limit = limits[int(reply[1]) - 1]
     usage = LimitUsage(limit.key, int(reply[2]), int(reply[3]))
     return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,18 @@ from costkit_litellm.testing.ports import free_port
 from costkit_litellm.testing.redis_server import RedisServer, _Resp
 
 pytestmark = pytest.mark.redis
+
+
+def raw(server: RedisServer, *command: str) -> Any:
+    """One command on a plain connection, bulk strings decoded."""
+    client = _Resp(server.port)
+    try:
+        reply = client.call(*command)
+    finally:
+        client.close()
+    if isinstance(reply, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in reply]
+    return reply.decode() if isinstance(reply, bytes) else reply
 
 
 @pytest.fixture
@@ -113,3 +126,60 @@ class TestKeys:
         refused = await store.reserve("b", 60, [Limit("free", 1000), *limits], 30)
         assert not refused.ok and refused.denied is not None and refused.denied.key == "k0"
         assert [u.reserved for u in await store.usage(["free", "k0", "k7"])] == [0, 60, 60]
+
+    async def test_rolling_limit_keys_live_twice_the_window_or_the_lease(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """Rolling limits get a TTL of 2 x window on every write, never shorter than a live lease."""
+        store = await make_redis_store()
+        await store.commit("a", 5, [Limit("roll", 100, window_s=60)])
+        base = f"{key_prefix}:{{lim:roll}}"
+        assert 119_000 < raw(redis_server, "PTTL", f"{base}:s") <= 120_000
+        await store.reserve("b", 5, [Limit("roll", 100, window_s=60)], lease_s=600)
+        for suffix in ("s", "l", "a"):
+            assert 599_000 < raw(redis_server, "PTTL", f"{base}:{suffix}") <= 600_000
+        await store.commit("c", 5, [Limit("roll", 100, window_s=60)])  # a later write never shortens it
+        assert raw(redis_server, "PTTL", f"{base}:s") > 599_000
+
+    async def test_old_buckets_are_dropped_from_the_hash(self, make_redis_store, redis_server, key_prefix):
+        """Buckets that left the window are deleted from the limit's hash, not only ignored."""
+        now = [1_800_000_000.0]
+        store = await make_redis_store(clock=lambda: now[0])
+        limit = Limit("roll", 10_000, window_s=60, buckets=6)
+        for i in range(12):  # two windows' worth of buckets
+            await store.commit(f"c{i}", 10, [limit])
+            now[0] += 10
+        [usage] = await store.usage([limit])
+        fields = raw(redis_server, "HKEYS", f"{key_prefix}:{{lim:roll}}:s")
+        buckets = [f for f in fields if f.startswith("b:")]
+        assert len(buckets) <= 7
+        assert usage.committed == 10 * len(buckets)
+        assert {"w", "bl", "lo"} <= set(fields)
+
+    async def test_reservation_recorded_before_rolling_windows_still_settles(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """A reservation record with the old ``[key, window_end]`` spec settles normally."""
+        store = await make_redis_store()
+        await store.reserve("a", 50, [Limit("x", 100)], 30)
+        raw(redis_server, "HSET", f"{key_prefix}:{{call:a}}:r", "limits", '[["x", "0"]]')
+        assert await store.settle("a", 40)
+        assert (await store.usage(["x"]))[0] == (await store.usage([Limit("x", 0)]))[0]
+        assert (await store.usage(["x"]))[0].committed == 40
+
+    async def test_settings_map_is_one_hash_under_the_prefix(self, make_redis_store, redis_server, key_prefix):
+        """``map_set`` writes a plain hash ``<prefix>:map:<name>`` other tools can read."""
+        store = await make_redis_store()
+        await store.map_set("budget_overrides", "team=a", "12.5")
+        assert raw(redis_server, "HGETALL", f"{key_prefix}:map:budget_overrides") == ["team=a", "12.5"]
+
+    async def test_cluster_list_limits_finds_keys_in_every_slot(self, make_redis_store):
+        """On a cluster, ``list_limits`` scans the nodes and finds limits spread over many slots."""
+        store = await make_redis_store(cluster=True)
+        keys = [f"budget:user:{i}" for i in range(40)]
+        for key in keys:
+            await store.commit(f"c-{key}", 7, [Limit(key, 100)])
+        await store.commit("other", 7, [Limit("budgetx", 100)])
+        listed = await store.list_limits("budget:user:")
+        assert sorted(u.key for u in listed) == sorted(keys)
+        assert {(u.committed, u.reserved) for u in listed} == {(7, 0)}

@@ -47,6 +47,15 @@ class TestConcurrentTasks:
         usage = await store.usage(["team", "global"])
         assert [(u.committed, u.reserved) for u in usage] == [(CAP, 0), (CAP, 0)]
 
+    async def test_rolling_cap_admits_exactly_the_cap(self, make_store):
+        """A rolling-window cap raced by 500 tasks admits exactly the cap, like a fixed one."""
+        store = await make_store()
+        limits = [Limit("global", 10**12), Limit("team", CAP, window_s=3600)]
+        outcomes = await asyncio.gather(*(reserve_and_settle(store, f"call-{i}", limits) for i in range(ATTEMPTS)))
+        assert sum(outcomes) == CAP // AMOUNT
+        usage = await store.usage(limits[::-1])
+        assert [(u.committed, u.reserved) for u in usage] == [(CAP, 0), (CAP, 0)]
+
     async def test_settling_for_less_never_lets_spend_pass_the_cap(self, make_store):
         """Racing waves settled below the reserve fill the cap until no reserve fits, never past it."""
         store = await make_store()

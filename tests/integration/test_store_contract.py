@@ -6,6 +6,8 @@ injected ``FakeClock``, so lease and window expiry are deterministic on Redis to
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from costkit_litellm.store import Limit, LimitUsage, Store
@@ -21,9 +23,14 @@ async def store(make_store, fake_clock) -> Store:
     return await make_store(clock=fake_clock)
 
 
-async def usage_of(store: Store, key: str) -> tuple[int, int]:
+async def usage_of(store: Store, key: str | Limit) -> tuple[int, int]:
     [usage] = await store.usage([key])
     return usage.committed, usage.reserved
+
+
+def align(clock, period_s: float, offset_s: float = 0.0) -> None:
+    """Move a fake clock forward to ``offset_s`` past the next multiple of ``period_s`` (epoch)."""
+    clock.now = (math.floor(clock.now / period_s) + 1) * period_s + offset_s
 
 
 class TestCounters:
@@ -46,6 +53,19 @@ class TestCounters:
         fake_clock.advance(0.2)
         assert await store.get("c") == 0
         assert await store.incr("c", 1, ttl_s=10) == 1
+
+    async def test_extend_keeps_counter_alive_while_incremented(self, store, fake_clock):
+        """With ``extend=True`` each increment restarts the ttl; inactivity for ``ttl_s`` ends it."""
+        await store.incr("s", 1, ttl_s=10, extend=True)
+        for _ in range(5):  # 40 s of activity, never 10 s apart
+            fake_clock.advance(8)
+            await store.incr("s", 1, ttl_s=10, extend=True)
+        assert await store.get("s") == 6
+        fake_clock.advance(9.9)
+        assert await store.get("s") == 6
+        fake_clock.advance(0.2)
+        assert await store.get("s") == 0
+        assert await store.incr("s", 1, ttl_s=10, extend=True) == 1
 
     async def test_later_increments_do_not_extend_ttl(self, store, fake_clock):
         """The ttl is fixed at creation; later increments (with or without ttl) keep it."""
@@ -238,6 +258,132 @@ class TestCommit:
         assert (await store.reserve("c", 300, [Limit("x", 1000)], LEASE_S)).ok
 
 
+class TestReserveUsages:
+    async def test_usages_after_reserve_match_a_usage_call(self, store, fake_clock):
+        """``reserve`` answers each limit's usage after the hold, in order, as ``usage`` reads it."""
+        limits = [
+            Limit("u", 10_000),
+            Limit("fixed", 5_000, expires_at=fake_clock.now + 3600),
+            Limit("roll", 3_000, window_s=60),
+        ]
+        await store.commit("before", 700, limits[1:])
+        await store.reserve("other", 200, limits[:2], LEASE_S)
+        result = await store.reserve("a", 500, limits, LEASE_S)
+        assert result.ok
+        assert result.usages == (
+            LimitUsage("u", 0, 700),
+            LimitUsage("fixed", 700, 700),
+            LimitUsage("roll", 700, 500),
+        )
+        assert list(result.usages) == await store.usage(limits)
+
+    async def test_repeated_reserve_answers_current_usages(self, store):
+        """A reserve for a call id already holding (or finished) holds nothing and reports usage as is."""
+        limits = [Limit("x", 1000), Limit("y", 1000)]
+        first = await store.reserve("a", 300, limits, LEASE_S)
+        again = await store.reserve("a", 300, limits, LEASE_S)
+        assert first.usages == again.usages == (LimitUsage("x", 0, 300), LimitUsage("y", 0, 300))
+        await store.settle("a", 100)
+        done = await store.reserve("a", 300, limits, LEASE_S)
+        assert done.ok and done.usages == (LimitUsage("x", 100, 0), LimitUsage("y", 100, 0))
+
+    async def test_refusal_has_no_usages(self, store):
+        """A refused reserve reports the refusing limit in ``denied`` and no ``usages``."""
+        await store.commit("old", 900, [Limit("x", 1000)])
+        result = await store.reserve("a", 200, [Limit("x", 1000)], LEASE_S)
+        assert not result.ok and result.usages == ()
+        assert result.denied == LimitUsage("x", 900, 0)
+
+
+class TestRollingWindows:
+    WINDOW_S = 60.0
+    BUCKET_S = 10.0
+
+    def rolling(self, key: str, cap: int = 1000) -> Limit:
+        return Limit(key, cap, window_s=self.WINDOW_S, buckets=int(self.WINDOW_S / self.BUCKET_S))
+
+    async def test_spend_leaves_after_the_window_and_never_before(self, store, fake_clock):
+        """Spend committed at t counts until t + window_s and stops within one bucket after that."""
+        align(fake_clock, self.BUCKET_S)
+        committed_at = {}
+        for phase in (0.0, 3.3, 9.99):  # start, middle and end of one bucket
+            fake_clock.now = math.floor(fake_clock.now / self.BUCKET_S) * self.BUCKET_S + phase
+            key = f"r{phase}"
+            await store.commit(key, 100, [self.rolling(key)])
+            committed_at[key] = fake_clock.now
+        first = min(committed_at.values())
+        fake_clock.now = first + self.WINDOW_S - 2
+        left_at: dict[str, float] = {}
+        while len(left_at) < len(committed_at):
+            for key in committed_at:
+                if key not in left_at and await usage_of(store, self.rolling(key)) == (0, 0):
+                    left_at[key] = fake_clock.now
+            fake_clock.advance(0.25)
+            assert fake_clock.now < first + self.WINDOW_S + 2 * self.BUCKET_S
+        for key, at in committed_at.items():
+            assert at + self.WINDOW_S <= left_at[key] <= at + self.WINDOW_S + self.BUCKET_S + 0.25, key
+
+    async def test_cap_is_enforced_across_buckets(self, store, fake_clock):
+        """Spend in every bucket of the window adds up against the cap; room returns as buckets leave."""
+        align(fake_clock, self.BUCKET_S, 1)
+        limit = self.rolling("r")
+        for i in range(3):
+            assert await store.commit(f"c{i}", 300, [limit])
+            fake_clock.advance(self.BUCKET_S)
+        refused = await store.reserve("big", 101, [limit], LEASE_S)
+        assert not refused.ok and refused.denied == LimitUsage("r", 900, 0)
+        assert (await store.reserve("fits", 100, [limit], LEASE_S)).ok
+        assert await store.release("fits")
+        fake_clock.advance(self.WINDOW_S - 3 * self.BUCKET_S)  # the first commit is a window old...
+        assert await usage_of(store, limit) == (900, 0)  # ...but counts to the end of its bucket
+        fake_clock.advance(self.BUCKET_S)
+        assert await usage_of(store, limit) == (600, 0)
+        assert not (await store.reserve("over", 401, [limit], LEASE_S)).ok
+        assert (await store.reserve("later", 400, [limit], LEASE_S)).ok
+
+    async def test_settle_commits_into_the_bucket_of_settle_time(self, store, fake_clock):
+        """A settled amount counts from the settle time on, not from when it was reserved."""
+        align(fake_clock, self.BUCKET_S, 1)
+        limit = self.rolling("r")
+        assert (await store.reserve("a", 500, [limit], 300)).ok
+        fake_clock.advance(50)
+        assert await store.settle("a", 400)
+        fake_clock.advance(self.WINDOW_S - 1)  # 109 s after the reserve, 59 s after the settle
+        assert await usage_of(store, limit) == (400, 0)
+        fake_clock.advance(self.BUCKET_S + 1)
+        assert await usage_of(store, limit) == (0, 0)
+
+    async def test_reserved_amounts_are_not_bucketed(self, store, fake_clock):
+        """A live lease counts in full however long it is held, past the window too."""
+        limit = self.rolling("r")
+        assert (await store.reserve("a", 300, [limit], 300)).ok
+        fake_clock.advance(3 * self.WINDOW_S)
+        assert await usage_of(store, limit) == (0, 300)
+        assert not (await store.reserve("b", 701, [limit], LEASE_S)).ok
+        fake_clock.advance(300)
+        assert await usage_of(store, limit) == (0, 0)
+
+    async def test_plain_key_reads_a_rolling_limit_as_rolling(self, store, fake_clock):
+        """``usage`` by key alone uses the window the limit was written with."""
+        await store.commit("a", 250, [self.rolling("r")])
+        assert await usage_of(store, "r") == (250, 0)
+        fake_clock.advance(self.WINDOW_S + self.BUCKET_S + 0.01)
+        assert await usage_of(store, "r") == (0, 0)
+
+    async def test_rolling_and_fixed_window_together_is_an_error(self, store, fake_clock):
+        """A limit with both ``window_s`` and ``expires_at`` is refused with ``ValueError``."""
+        both = Limit("x", 10, expires_at=fake_clock.now + 60, window_s=60)
+        with pytest.raises(ValueError):
+            await store.reserve("a", 1, [both], LEASE_S)
+        with pytest.raises(ValueError):
+            await store.commit("b", 1, [both])
+        with pytest.raises(ValueError):
+            await store.usage([both])
+        with pytest.raises(ValueError):
+            await store.reserve("c", 1, [Limit("y", 10, window_s=60, buckets=0)], LEASE_S)
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 0), LimitUsage("y", 0, 0)]
+
+
 class TestUsageAndReset:
     async def test_usage_of_unknown_keys_is_zero_in_order(self, store):
         """``usage`` answers every key asked, in order, with zeros for unknown ones."""
@@ -256,6 +402,78 @@ class TestUsageAndReset:
         await store.reset("x")
         assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 0), LimitUsage("y", 400, 0)]
         assert (await store.reserve("c", 1000, [Limit("x", 1000)], LEASE_S)).ok
+
+
+class TestListLimits:
+    async def test_lists_exactly_the_limits_under_a_prefix(self, store, fake_clock):
+        """``list_limits`` finds every live limit whose key starts with the prefix, sorted, with usage."""
+        day = Limit("budget:team:a:day", 1000, expires_at=fake_clock.now + 3600)
+        hour = Limit("budget:team:a:1h", 1000, window_s=3600)
+        total = Limit("budget:team:a:total", 1000)
+        other = Limit("budget:team:ab:total", 1000)
+        await store.commit("c1", 100, [day, hour, total, other, Limit("elsewhere", 10)])
+        await store.reserve("r1", 50, [hour, total], LEASE_S)
+        assert await store.list_limits("budget:team:a:") == [
+            LimitUsage("budget:team:a:1h", 100, 50),
+            LimitUsage("budget:team:a:day", 100, 0),
+            LimitUsage("budget:team:a:total", 100, 50),
+        ]
+        everything = await store.list_limits("")
+        assert [u.key for u in everything] == [
+            "budget:team:a:1h",
+            "budget:team:a:day",
+            "budget:team:a:total",
+            "budget:team:ab:total",
+            "elsewhere",
+        ]
+        assert await store.list_limits("nothing:") == []
+
+    async def test_ended_windows_and_emptied_rolling_limits_are_not_listed(self, store, fake_clock):
+        """A fixed window past its end, a reset limit and a rolling limit whose spend left are gone."""
+        align(fake_clock, 10, 9.5)  # the first rolling spend leaves 60.5 s later, the second 60.5 s + 30 s
+        day = Limit("b:day", 1000, expires_at=fake_clock.now + 60)
+        roll = Limit("b:roll", 1000, window_s=60, buckets=6)
+        await store.commit("c", 100, [day, roll, Limit("b:total", 1000), Limit("b:reset", 10)])
+        await store.reset("b:reset")
+        fake_clock.advance(30)
+        await store.commit("d", 5, [roll])
+        assert [u.key for u in await store.list_limits("b:")] == ["b:day", "b:roll", "b:total"]
+        fake_clock.advance(31)
+        assert await store.list_limits("b:") == [LimitUsage("b:roll", 5, 0), LimitUsage("b:total", 100, 0)]
+        fake_clock.advance(40)
+        assert await store.list_limits("b:") == [LimitUsage("b:total", 100, 0)]
+
+    async def test_glob_characters_in_the_prefix_are_literal(self, store):
+        """``*``, ``?``, ``[`` and backslashes in the prefix match only themselves."""
+        for key in ("a*b", "axb", "q?1", "q11", "s[1]", "s1", "t\\u", "tu"):
+            await store.commit(f"c-{key}", 1, [Limit(key, 10)])
+        assert [u.key for u in await store.list_limits("a*")] == ["a*b"]
+        assert [u.key for u in await store.list_limits("q?")] == ["q?1"]
+        assert [u.key for u in await store.list_limits("s[")] == ["s[1]"]
+        assert [u.key for u in await store.list_limits("t\\")] == ["t\\u"]
+
+
+class TestSettingsMaps:
+    async def test_set_get_all_and_delete(self, store):
+        """Fields set are read back together; overwrite replaces; delete removes once."""
+        assert await store.map_get_all("overrides") == {}
+        await store.map_set("overrides", "team:a", "5.00")
+        await store.map_set("overrides", "team:b", "7")
+        await store.map_set("overrides", "team:a", "6.50")
+        await store.map_set("other", "team:a", "1")
+        assert await store.map_get_all("overrides") == {"team:a": "6.50", "team:b": "7"}
+        assert await store.map_delete("overrides", "team:a")
+        assert not await store.map_delete("overrides", "team:a")
+        assert not await store.map_delete("never", "x")
+        assert await store.map_get_all("overrides") == {"team:b": "7"}
+        assert await store.map_get_all("other") == {"team:a": "1"}
+
+    async def test_returned_map_is_a_copy(self, store):
+        """Changing the returned dict does not change the stored map."""
+        await store.map_set("m", "k", "v")
+        got = await store.map_get_all("m")
+        got["k"] = "changed"
+        assert await store.map_get_all("m") == {"k": "v"}
 
 
 class TestClaim:

@@ -3,6 +3,10 @@
 -- A limit is three keys sharing one hash tag: S (hash: c = committed, r = reserved,
 -- x = window end in ms), L (zset: call_id scored by lease expiry in ms) and A (hash:
 -- call_id -> reserved amount). Invariant: S.r == sum of A over the call ids in L.
+-- A rolling limit also keeps in S: w = window ms, bl = bucket ms, b:<j> = spend committed in
+-- bucket j (j = floor(now / bl)) and lo = the smallest j present; there c == sum of the b:<j>.
+-- Bucket j counts while now < (j + 1) * bl + w: never less than w after the spend, at most one
+-- bucket more. The three keys always carry the same TTL.
 -- Amounts travel as decimal strings and are written with integer commands
 -- (HINCRBY); Lua numbers are doubles, exact up to 2^53.
 
@@ -24,18 +28,68 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Committed and reserved of a (refreshed) limit, as numbers.
+local function usage_of(s)
+  local v = redis.call('HMGET', s, 'c', 'r')
+  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
+end
+
+-- A limit's rolling window (w, bl) in ms: the caller's when given (w > 0), else the stored
+-- one, else (0, 0) = not rolling.
+local function rolling_of(s, w, bl)
+  if w ~= nil and w > 0 then
+    return w, bl
+  end
+  local v = redis.call('HMGET', s, 'w', 'bl')
+  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
+end
+
+-- Drop the buckets of a rolling limit that left its window, taking them out of c.
+local function drop_buckets(s, w, bl, now)
+  local lo = redis.call('HGET', s, 'lo')
+  local keep = math.floor((now - w) / bl)
+  if not lo or tonumber(lo) >= keep then
+    return
+  end
+  local all = redis.call('HGETALL', s)
+  local gone, total, newlo = {}, 0, nil
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) == 'b:' then
+      local j = tonumber(string.sub(f, 3))
+      if j < keep then
+        gone[#gone + 1] = f
+        total = total + tonumber(all[i + 1])
+      elseif newlo == nil or j < newlo then
+        newlo = j
+      end
+    end
+  end
+  for i = 1, #gone, 1000 do
+    redis.call('HDEL', s, unpack(gone, i, math.min(i + 999, #gone)))
+  end
+  redis.call('HINCRBY', s, 'c', int(-total))
+  if newlo then
+    redis.call('HSET', s, 'lo', int(newlo))
+  else
+    redis.call('HDEL', s, 'lo')
+  end
+end
+
 -- Make a limit's state current: drop it when its window has ended, else purge expired
--- leases (giving their amounts back).
-local function refresh(s, l, a, now)
+-- leases (giving their amounts back); a rolling limit also drops old buckets, and the whole
+-- limit once nothing is committed in its window nor held. w, bl: the caller's rolling window
+-- (nil or 0 = use the stored one). Returns the rolling window in force (0, 0 when none).
+local function refresh(s, l, a, now, w, bl)
   local x = tonumber(redis.call('HGET', s, 'x') or '0')
   if x > 0 and now >= x then
     redis.call('DEL', s, l, a)
-    return
+    return 0, 0
   end
   while true do
     local expired = redis.call('ZRANGEBYSCORE', l, '-inf', now, 'LIMIT', 0, 500)
     if #expired == 0 then
-      return
+      break
     end
     local amounts = redis.call('HMGET', a, unpack(expired))
     local total = 0
@@ -48,12 +102,15 @@ local function refresh(s, l, a, now)
     redis.call('HDEL', a, unpack(expired))
     redis.call('HINCRBY', s, 'r', int(-total))
   end
-end
-
--- Committed and reserved of a (refreshed) limit, as numbers.
-local function usage_of(s)
-  local v = redis.call('HMGET', s, 'c', 'r')
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  w, bl = rolling_of(s, w, bl)
+  if w > 0 then
+    drop_buckets(s, w, bl, now)
+    local c, r = usage_of(s)
+    if c == 0 and r == 0 and redis.call('ZCARD', l) == 0 then
+      redis.call('DEL', s, l, a)
+    end
+  end
+  return w, bl
 end
 
 -- Give back call_id's lease on a limit, if it still holds one.
@@ -76,11 +133,35 @@ local function set_window(s, l, a, x, now)
   end
 end
 
--- Add committed spend unless the limit's window is already over.
-local function add_committed(s, l, a, amount, x, now)
+-- Record a rolling window (w, bl in ms; w = 0: none) and keep the keys alive for at least
+-- ttl ms more (never shortening: all three keys get the longest TTL any of them has).
+local function set_rolling(s, l, a, w, bl, ttl)
+  if w > 0 then
+    redis.call('HSET', s, 'w', int(w), 'bl', int(bl))
+    for _, k in ipairs({s, l, a}) do
+      ttl = math.max(ttl, redis.call('PTTL', k))
+    end
+    for _, k in ipairs({s, l, a}) do
+      redis.call('PEXPIRE', k, int(ttl))
+    end
+  end
+end
+
+-- Add committed spend unless the limit's window is already over; a rolling limit (w > 0)
+-- counts it in the bucket of now.
+local function add_committed(s, l, a, amount, x, now, w, bl)
   if x > 0 and now >= x then
     return
   end
   redis.call('HINCRBY', s, 'c', amount)
+  if w > 0 then
+    local j = math.floor(now / bl)
+    redis.call('HINCRBY', s, 'b:' .. int(j), amount)
+    local lo = redis.call('HGET', s, 'lo')
+    if not lo or tonumber(lo) > j then
+      redis.call('HSET', s, 'lo', int(j))
+    end
+    set_rolling(s, l, a, w, bl, 2 * w)
+  end
   set_window(s, l, a, x, now)
 end

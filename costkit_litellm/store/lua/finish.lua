@@ -1,7 +1,8 @@
 -- Settle (commit the actual amount) or release a reservation, at most once.
 -- KEYS: [record, done] when ARGV[2] == '1', then (S, L, A) per limit.
 -- ARGV: now_ms|'', with_record, call_id, mode ('settle'|'release'), actual, done_ttl_ms,
---       limits_spec (must equal the record's), then window_end_ms per limit.
+--       limits_spec (must equal the record's), then window_end_ms, rolling_window_ms,
+--       bucket_ms per limit.
 -- Returns 1 done now, 0 unknown or already finished, -1 the record changed (read it again).
 local now = now_ms(ARGV[1])
 local with_record = ARGV[2] == '1'
@@ -25,10 +26,10 @@ end
 local n = (#KEYS - first + 1) / 3
 for i = 0, n - 1 do
   local s, l, a = KEYS[first + 3 * i], KEYS[first + 3 * i + 1], KEYS[first + 3 * i + 2]
-  refresh(s, l, a, now)
+  local w, bl = refresh(s, l, a, now, tonumber(ARGV[9 + 3 * i]), tonumber(ARGV[10 + 3 * i]))
   unhold(s, l, a, call_id)
   if mode == 'settle' then
-    add_committed(s, l, a, ARGV[5], tonumber(ARGV[8 + i]), now)
+    add_committed(s, l, a, ARGV[5], tonumber(ARGV[8 + 3 * i]), now, w, bl)
   end
 end
 return 1

@@ -1,0 +1,174 @@
+"""The agent circuit breaker: per session, a step limit, a spend cap and loop detection.
+
+- Steps: a counter per session, kept alive while the session is active (``inactivity_s``).
+- Spend: a limit per session, held in the same all-or-nothing reservation as the budgets.
+- Loops: the same tool call (name + normalised arguments) appearing ``loop_threshold`` times in
+  the conversation the agent sends (the "search Python, get snake, search Python again" loop),
+  or the same normalised request sent ``loop_threshold`` times in a session.
+
+A trip is a 429 whose ``type`` is ``agent_step_limit``, ``agent_budget_exceeded`` or
+``agent_loop_detected``, or (``on_trip: final_message``) a final assistant message at $0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from costkit_litellm.budgets.config import BreakerConfig
+from costkit_litellm.budgets.metrics import BudgetMetrics
+from costkit_litellm.errors import RequestAnswered, RequestRejected
+from costkit_litellm.money import format_usd_short, usd_to_nano
+from costkit_litellm.pipeline import Admission, Outcome
+from costkit_litellm.store import Limit, LimitUsage, Store, StoreError
+
+_SPACES = re.compile(r"\s+")
+
+
+def _normal_text(value: Any) -> str:
+    if isinstance(value, list):  # content parts
+        value = " ".join(str(p.get("text", "")) for p in value if isinstance(p, Mapping))
+    return _SPACES.sub(" ", str(value or "")).strip().lower()
+
+
+def _normal_arguments(arguments: Any) -> str:
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return _normal_text(arguments)
+    if isinstance(arguments, str):
+        return _normal_text(arguments)
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str).lower()
+
+
+def tool_calls(messages: Sequence[Any]) -> list[tuple[str, str]]:
+    """Every (tool name, normalised arguments) the assistant called in the conversation."""
+    calls = []
+    for message in messages:
+        if not isinstance(message, Mapping) or message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                calls.append((str(function.get("name", "")), _normal_arguments(function.get("arguments"))))
+        legacy = message.get("function_call")
+        if isinstance(legacy, Mapping):
+            calls.append((str(legacy.get("name", "")), _normal_arguments(legacy.get("arguments"))))
+    return calls
+
+
+def most_repeated_tool_call(messages: Sequence[Any]) -> tuple[tuple[str, str] | None, int]:
+    """The tool call repeated most often in the conversation, and how often."""
+    counts = Counter(tool_calls(messages))
+    if not counts:
+        return None, 0
+    call, count = counts.most_common(1)[0]
+    return call, count
+
+
+def request_fingerprint(model: str, messages: Sequence[Any]) -> str:
+    """A short hash of the model and the normalised last message: equal for a resent request."""
+    last = messages[-1] if messages else {}
+    role = last.get("role", "") if isinstance(last, Mapping) else ""
+    content = _normal_text(last.get("content")) if isinstance(last, Mapping) else ""
+    calls = tool_calls([last]) if isinstance(last, Mapping) else []
+    raw = json.dumps([model, role, content, calls], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class BreakerStage:
+    """Stops agent sessions that loop, take too many steps or spend too much."""
+
+    name = "breaker"
+
+    def __init__(
+        self,
+        config: BreakerConfig,
+        store: Store,
+        metrics: BudgetMetrics | None = None,
+        fail_closed: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._metrics = metrics
+        self._fail_closed = fail_closed
+        self._clock = clock
+        self._spend_cap = usd_to_nano(config.max_spend_usd) if config.max_spend_usd is not None else None
+
+    async def on_request(self, admission: Admission) -> None:
+        """Count the step, look for loops, and add the session's spend cap to the reservation."""
+        session = admission.context.session_id
+        if not self.config.enabled or not session:
+            return
+        base = f"session:{quote(session, safe='@._-')}"
+        call, repeats = most_repeated_tool_call(admission.messages)
+        if call is not None and repeats >= self.config.loop_threshold:
+            name, arguments = call
+            raise self._trip(
+                "agent_loop_detected",
+                session,
+                f"the tool call {name}({arguments[:120]}) was made {repeats} times "
+                f"(limit {self.config.loop_threshold - 1})",
+                "the same tool call kept repeating",
+            )
+        ttl = self.config.inactivity_s
+        try:
+            steps = await self._store.incr(f"{base}:steps", 1, ttl_s=ttl, extend=True)
+            fingerprint = request_fingerprint(admission.context.model, admission.messages)
+            same = await self._store.incr(f"{base}:req:{fingerprint}", 1, ttl_s=ttl, extend=True)
+        except StoreError:
+            if self._fail_closed:
+                raise RequestRejected(
+                    "The agent circuit breaker cannot reach its store; requests with a session are refused "
+                    "until it answers (budget_settings.on_store_error: fail_closed).",
+                    status=503,
+                    error_type="budget_store_unavailable",
+                    headers={"Retry-After": "5"},
+                ) from None
+            return
+        if self.config.max_steps is not None and steps > self.config.max_steps:
+            raise self._trip(
+                "agent_step_limit",
+                session,
+                f"it made {steps} calls (limit {self.config.max_steps})",
+                "it took too many steps",
+            )
+        if same >= self.config.loop_threshold:
+            raise self._trip(
+                "agent_loop_detected",
+                session,
+                f"the same request was sent {same} times (limit {self.config.loop_threshold - 1})",
+                "the same request kept repeating",
+            )
+        if self._spend_cap is not None:
+            limit = Limit(key=f"{base}:spend", cap=self._spend_cap, expires_at=self._clock() + ttl)
+            admission.extra_limits.append((limit, lambda usage: self._spend_refusal(session, usage)))
+
+    def _spend_refusal(self, session: str, usage: LimitUsage) -> RequestRejected | RequestAnswered:
+        cap = self._spend_cap or 0
+        detail = f"it spent {format_usd_short(usage.committed)} of its {format_usd_short(cap)} limit"
+        return self._trip("agent_budget_exceeded", session, detail, "it reached its spending limit")
+
+    def _trip(self, reason: str, session: str, detail: str, words: str) -> RequestRejected | RequestAnswered:
+        """The error (or final answer) of a trip, counted."""
+        if self._metrics is not None:
+            self._metrics.tripped(reason)
+        if self.config.on_trip == "final_message":
+            return RequestAnswered(self.config.final_message.format(reason=words), reason)
+        return RequestRejected(
+            f"Agent session {session!r} stopped by the costkit circuit breaker: {detail}. "
+            "Start a new session to continue.",
+            status=429,
+            error_type=reason,
+        )
+
+    async def on_outcome(self, outcome: Outcome) -> None:
+        """Nothing after the call: the session's spend is settled with the budgets' reservation."""

@@ -1,0 +1,281 @@
+"""The budgets stage: reserve the worst case against every matching budget, settle after the call.
+
+Before the call, one all-or-nothing ``reserve`` holds the request's worst-case cost against every
+budget that applies (and any limits other stages added, such as the breaker's session cap); a
+refusal is a 429 naming the budget and nothing is held anywhere. After the call, a success
+*commits* the actual cost and then *releases* the hold (both idempotent by call id, so repeated
+or replayed callbacks never charge twice; for a moment the spend counts twice, which can only
+refuse, never overspend); a failure releases the hold.
+
+Store outage: ``fail_closed`` answers 503; ``fail_open`` admits, and the post-call work that could
+not reach the store waits in a local queue that is replayed, in order, once the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from costkit_litellm.budgets.alerts import Alerter
+from costkit_litellm.budgets.config import BudgetSettings
+from costkit_litellm.budgets.metrics import BudgetMetrics
+from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy
+from costkit_litellm.errors import RequestAnswered, RequestRejected
+from costkit_litellm.money import format_usd, format_usd_short, usd_to_nano
+from costkit_litellm.pipeline import Admission, Outcome
+from costkit_litellm.pricing import Pricing
+from costkit_litellm.redact import mask_url
+from costkit_litellm.store import Limit, LimitUsage, Store, StoreError
+
+log = logging.getLogger("costkit.budgets")
+
+HEADER_REMAINING = "x-costkit-budget-remaining-usd"
+HEADER_DOWNGRADED = "x-costkit-downgraded"
+STATE_KEY = "budgets"
+MAX_PENDING = 100_000
+_Operation = tuple[str, str, int, list[Limit]]
+"""(``commit`` | ``release``, call id, amount, limits)."""
+
+
+def _limit_json(limit: Limit) -> dict[str, Any]:
+    return {"key": limit.key, "cap": limit.cap, "expires_at": limit.expires_at, "window_s": limit.window_s}
+
+
+def _limit_from_json(raw: Mapping[str, Any]) -> Limit:
+    return Limit(key=raw["key"], cap=int(raw["cap"]), expires_at=raw.get("expires_at"), window_s=raw.get("window_s"))
+
+
+class BudgetStage:
+    """Hard dollar caps: reserve before, commit and release after, with an outage policy."""
+
+    name = "budgets"
+
+    def __init__(
+        self,
+        policy: BudgetPolicy,
+        store: Store,
+        pricing: Callable[[], Pricing],
+        metrics: BudgetMetrics | None = None,
+        store_url: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.settings: BudgetSettings = policy.settings
+        self._store = store
+        self._pricing = pricing
+        self._metrics = metrics
+        self._store_label = mask_url(store_url) if store_url else "the in-process store"
+        self._alerter = Alerter(store, policy, metrics)
+        self._runtime: dict[str, int] = {}
+        self._runtime_read_at = float("-inf")
+        self._pending: deque[_Operation] = deque()
+        self._flushing = asyncio.Lock()
+
+    # --- before the call ----------------------------------------------------------------
+    async def runtime_limits(self) -> Mapping[str, int]:
+        """Caps set at runtime (``costkit budgets set``), re-read every ``runtime_refresh_s``."""
+        now = time.monotonic()
+        if now - self._runtime_read_at >= self.settings.runtime_refresh_s:
+            raw = await self._store.map_get_all(RUNTIME_MAP)
+            self._runtime = {k: int(v) for k, v in raw.items() if v.lstrip("-").isdigit()}
+            self._runtime_read_at = now
+        return self._runtime
+
+    async def on_request(self, admission: Admission) -> None:
+        """Hold the worst case against every applicable budget, or refuse."""
+        try:
+            applied = self.policy.applicable(admission.context, await self.runtime_limits())
+        except StoreError as exc:
+            self._store_failed("runtime_limits", exc)
+            applied = self.policy.applicable(admission.context, self._runtime)
+        if not applied and not admission.extra_limits:
+            return
+        await self._flush_pending()
+        if any(a.budget.action == "downgrade" for a in applied):
+            await self._maybe_downgrade(admission, applied)
+        amount = self._amount(admission, applied)
+        for budget in applied:
+            if budget.caps and amount > budget.limit:
+                self._count_rejection(budget.budget.name, "too_large")
+                raise RequestRejected(
+                    self.policy.too_large_message(budget, amount, admission.context.params.max_tokens),
+                    status=400,
+                    error_type="budget_request_too_large",
+                )
+        limits = [a.to_limit() for a in applied] + [limit for limit, _ in admission.extra_limits]
+        call_id = admission.context.call_id or ""
+        state: dict[str, Any] = {"limits": [_limit_json(x) for x in limits], "amount": amount}
+        admission.state[STATE_KEY] = state
+        try:
+            result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s)
+        except StoreError as exc:
+            self._store_failed("reserve", exc)
+            if self.settings.on_store_error == "fail_closed":
+                self._count_rejection("*", "store_unavailable")
+                raise RequestRejected(
+                    f"Budgets cannot be enforced right now: {self._store_label} does not answer, and "
+                    "costkit is configured to refuse requests then (budget_settings.on_store_error: "
+                    "fail_closed). Retry shortly.",
+                    status=503,
+                    error_type="budget_store_unavailable",
+                    headers={"Retry-After": "5"},
+                ) from None
+            state["unreserved"] = True
+            log.warning("costkit: admitting %s without a reservation (fail_open): %s", call_id, exc)
+            return
+        if not result.ok:
+            raise self._refusal(result.denied, applied, admission, amount)
+        self._report_remaining(admission, applied, result.usages)
+
+    def _amount(self, admission: Admission, applied: Sequence[AppliedBudget]) -> int:
+        if admission.estimate.amount is not None:
+            return admission.estimate.amount
+        if self.settings.unknown_price == "reserve":
+            return usd_to_nano(self.settings.unknown_price_reserve_usd)
+        names = ", ".join(repr(a.budget.name) for a in applied) or "the session limit"
+        self._count_rejection(applied[0].budget.name if applied else "*", "price_unknown")
+        raise RequestRejected(
+            f"Model {admission.model or admission.context.model!r} has no known price, so its cost cannot be "
+            f"held against {names}; add it under costkit.pricing.models, or set "
+            "budget_settings.unknown_price: reserve.",
+            status=400,
+            error_type="budget_price_unknown",
+        )
+
+    async def _maybe_downgrade(self, admission: Admission, applied: Sequence[AppliedBudget]) -> None:
+        candidates = [a for a in applied if a.budget.action == "downgrade"]
+        try:
+            usages = await self._store.usage([a.to_limit() for a in candidates])
+        except StoreError as exc:
+            self._store_failed("usage", exc)
+            return
+        for budget, usage in zip(candidates, usages, strict=True):
+            target = budget.budget.downgrade_to
+            current = admission.model or admission.context.model
+            left = budget.limit - usage.committed - usage.reserved
+            if target and target != current and left < budget.limit * budget.budget.downgrade_below:
+                params = admission.context.params
+                admission.estimate = self._pricing().worst_case(
+                    target, admission.estimate.prompt_tokens, params.max_tokens, params.n
+                )
+                admission.model = target
+                admission.headers[HEADER_DOWNGRADED] = f"{budget.budget.name}: {current} -> {target}"
+                if self._metrics is not None:
+                    self._metrics.downgraded(budget.budget.name)
+                return
+
+    def _refusal(
+        self, denied: LimitUsage | None, applied: Sequence[AppliedBudget], admission: Admission, amount: int
+    ) -> RequestRejected | RequestAnswered:
+        key = denied.key if denied is not None else None
+        for budget in applied:
+            if budget.key == key and denied is not None:
+                self._count_rejection(budget.budget.name, "exceeded")
+                retry = self.policy.retry_after(budget)
+                return RequestRejected(
+                    self.policy.exceeded_message(budget, denied, amount),
+                    status=429,
+                    error_type="budget_exceeded",
+                    headers={"Retry-After": str(retry)} if retry else None,
+                )
+        for limit, refuse in admission.extra_limits:
+            if limit.key == key and denied is not None:
+                return refuse(denied)
+        return RequestRejected("A budget refused this request.", status=429, error_type="budget_exceeded")
+
+    def _report_remaining(
+        self, admission: Admission, applied: Sequence[AppliedBudget], usages: Sequence[LimitUsage]
+    ) -> None:
+        by_key = {u.key: u for u in usages}
+        tightest: int | None = None
+        for budget in applied:
+            usage = by_key.get(budget.key)
+            if usage is None:
+                continue
+            left = max(0, budget.limit - usage.committed - usage.reserved)
+            if self._metrics is not None:
+                self._metrics.remaining(budget.budget.name, budget.value, left)
+            if budget.caps:
+                tightest = left if tightest is None else min(tightest, left)
+        if tightest is not None:
+            admission.headers[HEADER_REMAINING] = format_usd(tightest)
+
+    # --- after the call -----------------------------------------------------------------
+    async def on_outcome(self, outcome: Outcome) -> None:
+        """Commit the actual cost and release the hold (success), or release it (failure)."""
+        state = outcome.state.get(STATE_KEY)
+        call_id = outcome.context.call_id
+        if not isinstance(state, Mapping) or not call_id:
+            return
+        limits = [_limit_from_json(x) for x in state.get("limits", [])]
+        operations: list[_Operation] = []
+        if outcome.kind == "success":
+            cost = outcome.cost if outcome.cost is not None else int(state.get("amount", 0))
+            operations.append(("commit", call_id, cost, limits))
+        operations.append(("release", call_id, 0, limits))
+        if self._pending:  # the store was down: keep the order of the queue
+            self._pending.extend(operations)
+            await self._flush_pending()
+            return
+        for index, operation in enumerate(operations):
+            try:
+                await self._run(operation)
+            except StoreError as exc:
+                self._store_failed(operation[0], exc)
+                self._pending.extend(operations[index:])
+                return
+        if outcome.kind == "success":
+            applied = self.policy.applicable(outcome.context, self._runtime)
+            try:
+                await self._alerter.check(applied)
+            except StoreError as exc:
+                self._store_failed("alerts", exc)
+
+    async def _run(self, operation: _Operation) -> None:
+        kind, call_id, amount, limits = operation
+        if kind == "commit":
+            await self._store.commit(call_id, amount, limits)
+        else:
+            await self._store.release(call_id)
+
+    async def _flush_pending(self) -> None:
+        """Replay queued commits and releases in order, one flusher at a time; stop at a store error."""
+        if not self._pending or self._flushing.locked():
+            return
+        async with self._flushing:
+            while self._pending:
+                try:
+                    await self._run(self._pending[0])
+                except StoreError as exc:
+                    self._store_failed("replay", exc)
+                    while len(self._pending) > MAX_PENDING:
+                        dropped = self._pending.popleft()
+                        log.error("costkit: outage queue full, dropping %s of %s", dropped[0], dropped[1])
+                    return
+                self._pending.popleft()
+            log.warning("costkit: store is back; replayed the spend recorded during the outage")
+
+    @property
+    def pending(self) -> int:
+        """Post-call operations waiting for the store to come back."""
+        return len(self._pending)
+
+    def _store_failed(self, operation: str, exc: StoreError) -> None:
+        log.warning("costkit: store %s failed: %s", operation, exc)
+        if self._metrics is not None:
+            self._metrics.store_error(operation)
+
+    def _count_rejection(self, budget: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected(budget, reason)
+
+
+def describe_budget(applied: AppliedBudget, usage: LimitUsage) -> str:
+    """One line for the CLI: name, who, spent of limit."""
+    return (
+        f"{applied.budget.name} {applied.who()}: {format_usd_short(usage.committed)} of "
+        f"{format_usd_short(applied.limit)} ({applied.budget.window})"
+    )

@@ -1,0 +1,175 @@
+"""The agent circuit breaker: loops, step limits, session spend caps, expiry, and the final-message mode."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from costkit_litellm.budgets.breaker import most_repeated_tool_call, request_fingerprint
+from costkit_litellm.config import parse_config
+from costkit_litellm.context import RequestContext, SamplingParams
+from costkit_litellm.errors import RequestAnswered, RequestRejected
+from costkit_litellm.kit import CostKit
+from costkit_litellm.money import Nano
+from costkit_litellm.pipeline import Admission, Outcome
+from costkit_litellm.pricing import ModelPrice
+from costkit_litellm.store import MemoryStore
+
+PRICE = ModelPrice(input_nano_per_mtok=10**9, output_nano_per_mtok=10**9, max_output_tokens=1000)
+
+
+class Prices:
+    def price(self, model: str) -> ModelPrice | None:
+        return PRICE
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_kit(**breaker: Any) -> tuple[CostKit, Clock, CollectorRegistry]:
+    clock = Clock()
+    registry = CollectorRegistry()
+    config = parse_config({"breaker": {"enabled": True, **breaker}})
+    kit = CostKit(config, store=MemoryStore(clock=clock), price_source=Prices(), registry=registry, clock=clock)
+    return kit, clock, registry
+
+
+_ids = iter(range(10**9))
+
+
+def ctx(session: str | None = "s1") -> RequestContext:
+    return RequestContext(
+        call_id=f"c{next(_ids)}", model="m", session_id=session, params=SamplingParams(max_tokens=100)
+    )
+
+
+def search(query: str, n: int) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": f"t{n}", "type": "function", "function": {"name": "search", "arguments": json.dumps({"q": query})}}
+        ],
+    }
+
+
+def agent_conversation(queries: list[str]) -> list[dict[str, Any]]:
+    """An agent's history: a user task, then each search call and its tool result."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Find the Python release date"}]
+    for n, query in enumerate(queries):
+        messages.append(search(query, n))
+        messages.append({"role": "tool", "tool_call_id": f"t{n}", "content": "Pythons are large snakes."})
+    return messages
+
+
+class TestLoopDetection:
+    def test_repeated_tool_call_is_counted_with_normalised_arguments(self) -> None:
+        """The same call with reordered or re-spaced JSON arguments counts as the same call."""
+        messages = agent_conversation(["Python"])
+        messages.append(
+            {
+                "role": "assistant",
+                "tool_calls": [{"function": {"name": "search", "arguments": '{ "q" :  "python" }'}}],
+            }
+        )
+        call, count = most_repeated_tool_call(messages)
+        assert call == ("search", '{"q":"python"}') and count == 2
+
+    async def test_search_python_get_snake_loop_trips_at_n(self) -> None:
+        """The third identical search in a session trips agent_loop_detected with a readable message."""
+        kit, _, registry = make_kit(loop_threshold=3)
+        await kit.admit(ctx(), 10, messages=agent_conversation(["Python", "Python"]))
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(ctx(), 10, messages=agent_conversation(["Python", "Python", "Python"]))
+        assert info.value.status == 429 and info.value.error_type == "agent_loop_detected"
+        assert "search" in info.value.message and "3 times" in info.value.message
+        assert registry.get_sample_value("costkit_circuit_breaks_total", {"reason": "agent_loop_detected"}) == 1
+
+    async def test_different_searches_do_not_trip(self) -> None:
+        """An agent making progress (different queries) is not a loop."""
+        kit, _, _ = make_kit(loop_threshold=2)
+        await kit.admit(ctx(), 10, messages=agent_conversation(["Python", "Python release date 3.13"]))
+
+    async def test_the_same_request_resent_trips(self) -> None:
+        """The same normalised request sent N times in a session trips the breaker."""
+        kit, _, _ = make_kit(loop_threshold=3)
+        messages = [{"role": "user", "content": "Summarise   the report"}]
+        await kit.admit(ctx(), 10, messages=messages)
+        await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "summarise the report"}])
+        with pytest.raises(RequestRejected, match="same request was sent 3 times"):
+            await kit.admit(ctx(), 10, messages=messages)
+
+    def test_fingerprint_ignores_case_and_spacing(self) -> None:
+        """Fingerprints of the same request written differently are equal; of different ones, not."""
+        a = request_fingerprint("m", [{"role": "user", "content": "Hello  World"}])
+        assert a == request_fingerprint("m", [{"role": "user", "content": "hello world"}])
+        assert a != request_fingerprint("m", [{"role": "user", "content": "hello there"}])
+
+
+class TestLimits:
+    async def test_step_limit(self) -> None:
+        """The call after max_steps in a session is refused with agent_step_limit."""
+        kit, _, _ = make_kit(max_steps=3)
+        for i in range(3):
+            await kit.admit(ctx(), 10, messages=[{"role": "user", "content": f"step {i}"}])
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "step 4"}])
+        assert info.value.error_type == "agent_step_limit" and "4 calls (limit 3)" in info.value.message
+
+    async def test_sessions_are_independent_and_calls_without_session_are_free(self) -> None:
+        """Another session, or a call with no session, is not counted against a session."""
+        kit, _, _ = make_kit(max_steps=1)
+        await kit.admit(ctx("a"), 10, messages=[{"role": "user", "content": "x"}])
+        await kit.admit(ctx("b"), 10, messages=[{"role": "user", "content": "x"}])
+        await kit.admit(ctx(None), 10, messages=[{"role": "user", "content": "x"}])
+
+    async def test_session_spend_cap(self) -> None:
+        """A session that spent its cap is refused with agent_budget_exceeded."""
+        kit, _, _ = make_kit(max_spend_usd="0.0003", loop_threshold=100)
+        first = await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "a"}])
+        await kit.record(
+            Outcome(
+                kind="success",
+                context=first.context,
+                model="m",
+                deployment_model=None,
+                cost=Nano(200_000),
+                state=first.state,
+            )
+        )
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "b"}])
+        assert (
+            info.value.error_type == "agent_budget_exceeded"
+            and "spent $0.0002 of its $0.0003 limit" in info.value.message
+        )
+
+    async def test_session_expires_after_inactivity(self) -> None:
+        """After inactivity_s without calls, the session's counters start again."""
+        kit, clock, _ = make_kit(max_steps=1, inactivity_s=60)
+        await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "x"}])
+        clock.now += 61
+        await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "y"}])
+
+    async def test_final_message_mode_answers_instead_of_failing(self) -> None:
+        """on_trip: final_message answers with the configured message naming the reason."""
+        kit, _, _ = make_kit(max_steps=1, on_trip="final_message")
+        await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(RequestAnswered) as info:
+            await kit.admit(ctx(), 10, messages=[{"role": "user", "content": "y"}])
+        assert info.value.content == "I could not finish this task within its limits (it took too many steps)."
+        assert info.value.reason == "agent_step_limit"
+
+    async def test_admission_is_recorded_for_the_session_spend(self) -> None:
+        """An admitted session call holds its worst case against the session's cap."""
+        kit, _, _ = make_kit(max_spend_usd="1")
+        admission: Admission = await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "a"}])
+        [limit] = admission.state["budgets"]["limits"]
+        assert limit["key"] == "session:s1:spend"

@@ -1,0 +1,386 @@
+"""Budgets through the CostKit engine and the in-process store: caps, windows, overrides, downgrade, alerts, outages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from costkit_litellm.budgets.enforce import HEADER_DOWNGRADED, HEADER_REMAINING
+from costkit_litellm.budgets.policy import RUNTIME_MAP, runtime_field
+from costkit_litellm.config import parse_config
+from costkit_litellm.context import RequestContext, SamplingParams
+from costkit_litellm.errors import ConfigError, RequestRejected
+from costkit_litellm.kit import CostKit
+from costkit_litellm.money import Nano, usd_to_nano
+from costkit_litellm.pipeline import Admission, Outcome
+from costkit_litellm.pricing import ModelPrice
+from costkit_litellm.store import MemoryStore, StoreError
+
+# $1 per million input and output tokens: 1,000 n$ a token, easy sums.
+PRICES = {
+    "big": ModelPrice(input_nano_per_mtok=10**9 * 10, output_nano_per_mtok=10**9 * 10, max_output_tokens=1000),
+    "small": ModelPrice(input_nano_per_mtok=10**9, output_nano_per_mtok=10**9, max_output_tokens=1000),
+}
+START = datetime(2026, 11, 29, 12, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+
+
+class Prices:
+    """A fixed price table."""
+
+    def price(self, model: str) -> ModelPrice | None:
+        return PRICES.get(model)
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_kit(budgets: Sequence[Mapping[str, Any]], **section: Any) -> tuple[CostKit, Clock, CollectorRegistry]:
+    clock = Clock()
+    registry = CollectorRegistry()
+    config = parse_config({"budgets": list(budgets), **section})
+    kit = CostKit(config, store=MemoryStore(clock=clock), price_source=Prices(), registry=registry, clock=clock)
+    return kit, clock, registry
+
+
+_calls = iter(range(10**9))
+
+
+def request(
+    model: str = "small", user: str | None = "u1", max_tokens: int | None = 100, **attributes: str
+) -> RequestContext:
+    return RequestContext(
+        call_id=f"call-{next(_calls)}",
+        model=model,
+        user_id=user,
+        attributes=attributes,
+        params=SamplingParams(max_tokens=max_tokens),
+    )
+
+
+async def admit(kit: CostKit, ctx: RequestContext, prompt_tokens: int = 100) -> Admission:
+    return await kit.admit(ctx, prompt_tokens)
+
+
+async def finish(kit: CostKit, admission: Admission, cost: int | None, kind: str = "success") -> None:
+    await kit.record(
+        Outcome(
+            kind=kind,  # type: ignore[arg-type]
+            context=admission.context,
+            model=admission.model or admission.context.model,
+            deployment_model=None,
+            cost=Nano(cost) if cost is not None else None,
+            state=admission.state,
+        )
+    )
+
+
+async def spent(kit: CostKit, admission: Admission) -> tuple[int, int]:
+    """(committed, reserved) of the first budget limit the admission held."""
+    key = admission.state["budgets"]["limits"][0]["key"]
+    [usage] = await kit.store.usage([key])
+    return usage.committed, usage.reserved
+
+
+USER_DAILY = {"name": "user-daily", "scope": "user", "limit_usd": "0.001", "window": "day"}  # 1,000,000 n$
+
+
+class TestConfig:
+    @pytest.mark.parametrize(
+        ("budget", "expected"),
+        [
+            ({**USER_DAILY, "limit_usd": -1}, "costkit.budgets[0] (user-daily).limit_usd"),
+            ({**USER_DAILY, "scope": "planet"}, "'planet' is not a scope"),
+            (
+                {**USER_DAILY, "window": "1 day"},
+                "'1 day' is not a window; use 1m, 1h, 1d, 7d, 30d, day, month or total",
+            ),
+            ({**USER_DAILY, "action": "downgrade"}, "downgrade needs downgrade_to"),
+            ({**USER_DAILY, "scope": "global", "overrides": {"x": 1}}, "a global budget has no scope values"),
+        ],
+        ids=["negative-limit", "unknown-scope", "bad-window", "downgrade-without-target", "global-with-values"],
+    )
+    def test_bad_budget_names_the_budget(self, budget: dict[str, Any], expected: str) -> None:
+        """Each kind of bad budget fails at start-up naming the budget and the problem."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"budgets": [budget]}, "proxy_config.yaml")
+        assert expected in str(info.value)
+        assert "(user-daily)" in str(info.value)
+
+    def test_duplicate_names_fail(self) -> None:
+        """Two budgets with one name are refused."""
+        with pytest.raises(ConfigError, match="budget name 'user-daily' is used twice"):
+            parse_config({"budgets": [USER_DAILY, USER_DAILY]})
+
+
+class TestHardCap:
+    async def test_success_commits_actual_cost_and_frees_the_hold(self) -> None:
+        """After a success the budget holds the actual cost, not the worst case, and nothing stays reserved."""
+        kit, _, _ = make_kit([USER_DAILY])
+        admission = await admit(kit, request())
+        assert await spent(kit, admission) == (0, 200_000)  # 100 in + 100 out tokens at 1,000 n$
+        await finish(kit, admission, 123_456)
+        assert await spent(kit, admission) == (123_456, 0)
+
+    async def test_over_the_cap_is_a_429_naming_budget_user_spend_and_reset(self) -> None:
+        """A request that does not fit gets a 429 naming the budget, the user, spent of limit, and the reset."""
+        kit, _, registry = make_kit([USER_DAILY])
+        for _ in range(4):
+            await finish(kit, await admit(kit, request()), 200_000)
+        await admit(kit, request())  # fits exactly: 800,000 spent + 200,000 held = the cap
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request())
+        error = info.value
+        assert error.status == 429 and error.error_type == "budget_exceeded"
+        assert error.message.startswith(
+            "Budget 'user-daily' exceeded for user 'u1': spent $0.0008 of $0.001 "
+            "(plus $0.0002 held by requests in flight)"
+        )
+        assert "resets at 2026-11-30T00:00:00+00:00" in error.message
+        assert error.headers["Retry-After"] == str(12 * 3600)
+        assert error.body()["error"]["type"] == "budget_exceeded"
+        assert (
+            registry.get_sample_value("costkit_budget_rejections_total", {"budget": "user-daily", "reason": "exceeded"})
+            == 1
+        )
+
+    async def test_refusal_holds_nothing_anywhere(self) -> None:
+        """When one of two budgets refuses, the other is left exactly as it was."""
+        global_budget = {"name": "all", "scope": "global", "limit_usd": "1", "window": "day"}
+        tight = {"name": "tight", "scope": "user", "limit_usd": "0.0003", "window": "day"}
+        kit, _, _ = make_kit([global_budget, tight])
+        first = await admit(kit, request())
+        await finish(kit, first, 200_000)
+        with pytest.raises(RequestRejected):
+            await admit(kit, request())
+        assert await spent(kit, first) == (200_000, 0)  # the global budget: no leftover hold
+
+    async def test_other_users_are_not_affected(self) -> None:
+        """A per-user budget caps each user separately."""
+        kit, _, _ = make_kit([USER_DAILY])
+        for _ in range(5):
+            await finish(kit, await admit(kit, request(user="u1")), 200_000)
+        await admit(kit, request(user="u2"))
+
+    async def test_request_without_the_scope_value_is_not_capped_by_it(self) -> None:
+        """A per-user budget does not apply to a request that names no user."""
+        kit, _, _ = make_kit([USER_DAILY])
+        admission = await admit(kit, request(user=None))
+        assert "budgets" not in admission.state
+
+    async def test_worst_case_larger_than_the_whole_limit_is_a_400_suggesting_max_tokens(self) -> None:
+        """A request that could never fit is refused at once, suggesting max_tokens."""
+        kit, _, _ = make_kit([USER_DAILY])
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request(model="big", max_tokens=None))
+        assert info.value.status == 400 and info.value.error_type == "budget_request_too_large"
+        assert "set max_tokens" in info.value.message and "more than the whole $0.001 limit" in info.value.message
+
+    async def test_failure_releases_the_hold(self) -> None:
+        """A failed call gives its hold back and charges nothing."""
+        kit, _, _ = make_kit([USER_DAILY])
+        admission = await admit(kit, request())
+        await finish(kit, admission, 0, kind="failure")
+        assert await spent(kit, admission) == (0, 0)
+
+    async def test_duplicate_success_charges_once(self) -> None:
+        """The same success delivered twice is charged once."""
+        kit, _, _ = make_kit([USER_DAILY])
+        admission = await admit(kit, request())
+        await finish(kit, admission, 5_000)
+        await finish(kit, admission, 5_000)
+        assert await spent(kit, admission) == (5_000, 0)
+
+    async def test_failure_then_success_of_one_call_is_charged(self) -> None:
+        """A retried call whose failed attempt released the hold is still charged when it succeeds."""
+        kit, _, _ = make_kit([USER_DAILY])
+        admission = await admit(kit, request())
+        await finish(kit, admission, 0, kind="failure")
+        await finish(kit, admission, 7_000)
+        assert await spent(kit, admission) == (7_000, 0)
+
+    async def test_remaining_header_is_the_tightest_budget(self) -> None:
+        """x-costkit-budget-remaining-usd is what the tightest budget has left after this hold."""
+        loose = {"name": "loose", "scope": "global", "limit_usd": "1"}
+        kit, _, _ = make_kit([loose, USER_DAILY])
+        admission = await admit(kit, request())
+        assert admission.headers[HEADER_REMAINING] == "0.000800000"
+
+
+class TestPrices:
+    async def test_unknown_price_is_refused_by_default(self) -> None:
+        """A model with no price cannot be held against a budget: 400 saying how to fix it."""
+        kit, _, _ = make_kit([USER_DAILY])
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request(model="mystery"))
+        assert info.value.error_type == "budget_price_unknown" and "costkit.pricing.models" in info.value.message
+
+    async def test_unknown_price_can_reserve_a_fixed_amount(self) -> None:
+        """unknown_price: reserve holds the configured amount instead."""
+        kit, _, _ = make_kit(
+            [USER_DAILY], budget_settings={"unknown_price": "reserve", "unknown_price_reserve_usd": "0.0004"}
+        )
+        admission = await admit(kit, request(model="mystery"))
+        assert await spent(kit, admission) == (0, 400_000)
+        await finish(kit, admission, None)
+        assert await spent(kit, admission) == (400_000, 0)  # unknown actual cost: the held amount is charged
+
+
+class TestWindowsAndOverrides:
+    async def test_daily_budget_starts_again_the_next_day(self) -> None:
+        """Spend of yesterday does not count today (calendar window rollover)."""
+        kit, clock, _ = make_kit([USER_DAILY])
+        for _ in range(5):
+            await finish(kit, await admit(kit, request()), 200_000)
+        with pytest.raises(RequestRejected):
+            await admit(kit, request())
+        clock.now += 12 * 3600 + 1
+        admission = await admit(kit, request())
+        assert await spent(kit, admission) == (0, 200_000)
+
+    async def test_day_follows_the_configured_timezone(self) -> None:
+        """A day budget in America/New_York resets at New York midnight."""
+        kit, _, _ = make_kit([USER_DAILY], budget_settings={"timezone": "America/New_York"})
+        with pytest.raises(RequestRejected) as info:
+            for _ in range(6):
+                await finish(kit, await admit(kit, request()), 200_000)
+        assert "resets at 2026-11-30T00:00:00-05:00" in info.value.message
+
+    async def test_rolling_minute_throttles_bursts(self) -> None:
+        """'$0.0004 per user per minute' admits a burst up to the cap, then again once the minute passed."""
+        per_minute = {"name": "burst", "scope": "user", "limit_usd": "0.0004", "window": "1m"}
+        kit, clock, _ = make_kit([per_minute])
+        for _ in range(2):
+            await finish(kit, await admit(kit, request()), 200_000)
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request())
+        assert "rolling 1m window" in info.value.message
+        clock.now += 61
+        await admit(kit, request())
+
+    async def test_per_value_override(self) -> None:
+        """User 123 gets $0.002 a day while the default is $0.001."""
+        kit, _, _ = make_kit([{**USER_DAILY, "overrides": {"123": "0.002"}}])
+        for _ in range(10):
+            await finish(kit, await admit(kit, request(user="123")), 200_000)
+        with pytest.raises(RequestRejected, match=r"of \$0\.002"):
+            await admit(kit, request(user="123"))
+
+    async def test_budget_restricted_to_values(self) -> None:
+        """A tag budget restricted to feature email_writer does not apply to other features."""
+        feature = {"name": "writer", "scope": "tag:feature", "values": ["email_writer"], "limit_usd": "0.001"}
+        kit, _, _ = make_kit([feature])
+        assert "budgets" in (await admit(kit, request(feature="email_writer"))).state
+        assert "budgets" not in (await admit(kit, request(feature="chat"))).state
+
+    async def test_runtime_limit_wins_over_config(self) -> None:
+        """A cap set at runtime in the store (costkit budgets set) replaces the configured one."""
+        kit, _, _ = make_kit([USER_DAILY], budget_settings={"runtime_refresh_s": 0})
+        await kit.store.map_set(RUNTIME_MAP, runtime_field("user-daily", "u1"), str(usd_to_nano("0.0002")))
+        await finish(kit, await admit(kit, request()), 200_000)
+        with pytest.raises(RequestRejected, match=r"of \$0\.0002"):
+            await admit(kit, request())
+
+
+class TestDowngradeAndAlerts:
+    async def test_downgrade_switches_to_the_cheaper_model_when_little_is_left(self) -> None:
+        """Under 20% left, a downgrade budget sends the request to its cheaper model and says so."""
+        budget = {
+            "name": "team-big",
+            "scope": "user",
+            "limit_usd": "0.01",
+            "action": "downgrade",
+            "downgrade_to": "small",
+        }
+        kit, _, registry = make_kit([budget])
+        first = await admit(kit, request(model="big"))
+        assert first.model is None
+        await finish(kit, first, 8_500_000)
+        second = await admit(kit, request(model="big"))
+        assert second.model == "small"
+        assert second.headers[HEADER_DOWNGRADED] == "team-big: big -> small"
+        assert second.estimate.amount == 200_000  # re-estimated at the small model's price
+        assert registry.get_sample_value("costkit_budget_downgrades_total", {"budget": "team-big"}) == 1
+
+    async def test_alert_thresholds_fire_once_each_and_never_block(self) -> None:
+        """An alert budget reports 50%, 80% and 100% once each per window and keeps admitting."""
+        alert = {"name": "watch", "scope": "global", "limit_usd": "0.001", "action": "alert"}
+        kit, _, registry = make_kit([alert])
+        for _ in range(8):
+            await finish(kit, await admit(kit, request()), 200_000)
+        for threshold in ("50%", "80%", "100%"):
+            value = registry.get_sample_value(
+                "costkit_budget_alerts_total", {"budget": "watch", "threshold": threshold}
+            )
+            assert value == 1, threshold
+
+
+class FlakyStore(MemoryStore):
+    """The in-process store, with an outage switch."""
+
+    down = False
+
+    async def _check(self) -> None:
+        if self.down:
+            raise StoreError("redis://127.0.0.1:1 does not answer")
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        await self._check()
+        return await super().reserve(*args, **kwargs)
+
+    async def commit(self, *args: Any, **kwargs: Any) -> Any:
+        await self._check()
+        return await super().commit(*args, **kwargs)
+
+    async def release(self, *args: Any, **kwargs: Any) -> Any:
+        await self._check()
+        return await super().release(*args, **kwargs)
+
+    async def map_get_all(self, *args: Any, **kwargs: Any) -> Any:
+        await self._check()
+        return await super().map_get_all(*args, **kwargs)
+
+
+def flaky_kit(policy: str) -> tuple[CostKit, FlakyStore]:
+    store = FlakyStore()
+    config = parse_config(
+        {"budgets": [USER_DAILY], "budget_settings": {"on_store_error": policy, "runtime_refresh_s": 0}}
+    )
+    return CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry()), store
+
+
+class TestOutage:
+    async def test_fail_closed_answers_503(self) -> None:
+        """With fail_closed, a store outage refuses with 503 and a message naming the policy."""
+        kit, store = flaky_kit("fail_closed")
+        store.down = True
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request())
+        assert info.value.status == 503 and "fail_closed" in info.value.message
+
+    async def test_fail_open_admits_and_reconciles_exactly_once(self) -> None:
+        """With fail_open, requests during an outage are admitted and charged once when the store is back."""
+        kit, store = flaky_kit("fail_open")
+        before = await admit(kit, request())  # reserved while the store was up
+        store.down = True
+        during = await admit(kit, request())
+        assert during.state["budgets"].get("unreserved") is True
+        await finish(kit, before, 10_000)
+        await finish(kit, during, 20_000)
+        await finish(kit, during, 20_000)  # a duplicate callback during the outage
+        stage = kit.stages[0]
+        assert getattr(stage, "pending", 0) > 0
+        store.down = False
+        await admit(kit, request(user="u2"))  # the next request replays the queue
+        assert await spent(kit, before) == (30_000, 0)
