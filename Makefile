@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help install install-dev demo demo-stop test test-unit test-integration test-e2e lint typecheck bench clean
+.PHONY: help install install-dev prometheus-tools demo demo-stop test test-unit test-integration test-e2e lint typecheck bench clean
 
 help:
 	@echo "make demo        start the proxy with the pack offline (no Redis, no API keys) and drive a workload"
@@ -30,7 +30,23 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev prometheus-tools
+
+# Debian's prometheus package: promtool (config/rule checks) and the server the e2e scrape
+# test starts. Idempotent; never starts the system service (policy-rc.d says no while apt
+# runs). Not root and not installed: a warning, and the tests that need it skip locally
+# (under CI they fail).
+prometheus-tools:
+	@if [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "warning: /usr/bin/promtool or /usr/bin/prometheus missing; as root: apt-get install prometheus" >&2; \
+	else \
+		policy=/usr/sbin/policy-rc.d; own=0; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && own=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+		status=$$?; [ $$own = 1 ] && rm -f $$policy; \
+		[ $$status = 0 ] && [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; \
+	fi
 
 demo: install
 	$(BIN)/python -m costkit_litellm.demo start

@@ -168,6 +168,51 @@ def budgets(args: argparse.Namespace) -> int:
         return 1
 
 
+def _events_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
+    from costkit_litellm.accounting.events import UsageEvent
+
+    events = []
+    for row in rows:
+        fields = {k: str(v) for k, v in row.items() if k not in ("id", "timestamp_ms")}
+        call_id = str(row.get("id", "")).rsplit(":", 1)[0]
+        event = UsageEvent.from_fields(call_id, fields)
+        if not event.timestamp and row.get("timestamp_ms"):
+            event = UsageEvent.from_fields(
+                call_id, {**fields, "costkit.timestamp": str(int(row["timestamp_ms"]) / 1000)}
+            )
+        events.append(event)
+    return events
+
+
+def report(args: argparse.Namespace) -> int:
+    """``costkit report``: spend, savings and margin by a grouping, from the ledger."""
+    from costkit_litellm.accounting.report import build_report, plot_spend, render
+
+    try:
+        config = load_config(args.config)
+        if args.ledger:
+            rows = [json.loads(line) for line in Path(args.ledger).read_text(encoding="utf-8").splitlines() if line]
+            if args.since:
+                cutoff = (time.time() - args.since) * 1000
+                rows = [r for r in rows if int(r.get("timestamp_ms", 0)) >= cutoff]
+        else:
+            rows = asyncio.run(_read_ledger(config, args.since, None))
+    except (ConfigError, StoreError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    events = _events_from_rows(rows)
+    result = build_report(events, args.by, config.revenue, period_s=args.since)
+    print(render(result, args.by, args.format))
+    if args.plot:
+        try:
+            plot_spend(events, args.by, args.plot)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``costkit`` command."""
     parser = argparse.ArgumentParser(prog="costkit", description="Cost management for the LiteLLM proxy and Router.")
@@ -180,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--since", type=parse_duration, default=None, help="e.g. 15m, 24h, 7d")
     led.add_argument("--limit", type=int, default=None)
     led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    rep = sub.add_parser("report", help="spend, savings and margin by feature, user, team, model or tier")
+    rep.add_argument("--config", default="proxy_config.yaml")
+    rep.add_argument("--by", default="feature", help="feature, user, team, model, tier, outcome, or tag:<key>")
+    rep.add_argument("--since", type=parse_duration, default=None, help="e.g. 24h, 7d (default: all)")
+    rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rep.add_argument(
+        "--ledger", default=None, help="read a JSONL export (costkit ledger --format jsonl) instead of Redis"
+    )
+    rep.add_argument("--plot", default=None, help="write spend over time by group to this PNG")
     bud = sub.add_parser("budgets", help="show, set, unset or reset budgets at runtime (needs costkit.redis_url)")
     bud_sub = bud.add_subparsers(dest="action", required=True)
     show = bud_sub.add_parser("show", help="spend, holds and limits of every live budget window")
@@ -214,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ledger(args.config, args.since, args.limit, args.format)
     if args.command == "budgets":
         return budgets(args)
+    if args.command == "report":
+        return report(args)
     return 2  # unreachable: argparse requires a command
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from costkit_litellm.accounting.config import LedgerConfig, RevenueConfig
 from costkit_litellm.budgets.config import BreakerConfig, BudgetConfig, BudgetSettings
 from costkit_litellm.config_base import NonNegativeUsd, Section
 from costkit_litellm.errors import ConfigError
@@ -126,6 +127,10 @@ class CostKitConfig(Section):
     """How budgets are enforced."""
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     """The agent circuit breaker."""
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    """The usage ledger."""
+    revenue: RevenueConfig = Field(default_factory=RevenueConfig)
+    """Revenue per feature, for margins in ``costkit report``."""
 
     @field_validator("budgets")
     @classmethod

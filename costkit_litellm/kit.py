@@ -16,11 +16,11 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from costkit_litellm.accounting.metrics import CostMetrics
+from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.accounting.recorder import AccountingStage
+from costkit_litellm.accounting.webhook import WebhookForwarder
 from costkit_litellm.budgets.breaker import BreakerStage
 from costkit_litellm.budgets.enforce import BudgetStage
-from costkit_litellm.budgets.metrics import BudgetMetrics
 from costkit_litellm.budgets.policy import BudgetPolicy
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
@@ -51,36 +51,47 @@ class CostKit:
     ) -> None:
         self.config = config or CostKitConfig()
         self.source = source
+        ledger = self.config.ledger
         self.store: Store = store or store_from_url(
-            self.config.redis_url, prefix=self.config.key_prefix, cluster=self.config.redis_cluster
+            self.config.redis_url,
+            prefix=self.config.key_prefix,
+            cluster=self.config.redis_cluster,
+            ledger_max_entries=ledger.max_entries,
+            ledger_max_age_s=ledger.max_age_days * 86400 if ledger.max_age_days else None,
         )
         self.pricing = Pricing(self.config.pricing, price_source)
+        settings = self.config.budget_settings
         self.metrics = (
-            CostMetrics(self.config.metrics.tag_labels, self.config.metrics.max_label_values, registry)
+            CostKitMetrics.for_registry(
+                self.config.metrics.tag_labels,
+                self.config.metrics.max_label_values,
+                registry,
+                settings.max_remaining_series,
+            )
             if self.config.metrics.enabled
             else None
         )
         self.stages: list[Stage] = []
-        self.budget_metrics: BudgetMetrics | None = None
-        settings = self.config.budget_settings
-        if self.config.budgets or self.config.breaker.enabled:
-            if self.config.metrics.enabled:
-                self.budget_metrics = BudgetMetrics(settings.max_remaining_series, registry)
-            if self.config.breaker.enabled:
-                self.stages.append(
-                    BreakerStage(
-                        self.config.breaker,
-                        self.store,
-                        self.budget_metrics,
-                        fail_closed=settings.on_store_error == "fail_closed",
-                        clock=clock,
-                    )
+        if self.config.breaker.enabled:
+            self.stages.append(
+                BreakerStage(
+                    self.config.breaker,
+                    self.store,
+                    self.metrics,
+                    fail_closed=settings.on_store_error == "fail_closed",
+                    clock=clock,
                 )
+            )
+        if self.config.budgets or self.config.breaker.enabled:
             policy = BudgetPolicy(self.config.budgets, settings, clock)
             self.stages.append(
-                BudgetStage(policy, self.store, lambda: self.pricing, self.budget_metrics, self.config.redis_url)
+                BudgetStage(policy, self.store, lambda: self.pricing, self.metrics, self.config.redis_url)
             )
-        self.stages.append(AccountingStage(self.store, self.metrics))
+        self.accounting = AccountingStage(self.store, self.metrics, ledger=ledger.enabled)
+        self.webhook = WebhookForwarder(ledger.webhook, self.store) if ledger.webhook and ledger.enabled else None
+        if self.webhook is not None:
+            self.accounting.listeners.append(self.webhook.submit)
+        self.stages.append(self.accounting)
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
 
@@ -119,7 +130,9 @@ class CostKit:
             log.info("costkit: metrics on port %d", port)
 
     async def close(self) -> None:
-        """Release the store."""
+        """Flush the webhook queue (briefly) and release the store."""
+        if self.webhook is not None:
+            await self.webhook.close()
         await self.store.close()
         self._started = None
 

@@ -55,8 +55,17 @@ def format_usd(amount: int, places: int = 9) -> str:
 
 
 def format_usd_short(amount: int) -> str:
-    """Dollars for humans: ``$1.23``, or more places for amounts under a cent (``$0.0000135``)."""
+    """Dollars for humans: ``$1.80``, ``$0.012``, ``$0.0000135``, ``$1234.57``, ``$0``, ``-$0.003``."""
+    if amount < 0:
+        return "-" + format_usd_short(-amount)
     value = nano_to_decimal(amount)
-    if value == 0 or abs(value) >= Decimal("0.01"):
+    if value == 0:
+        return "$0"
+    if abs(value) >= 100:
         return f"${value.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN)}"
+    if abs(value) >= Decimal("0.01"):
+        value = value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN).normalize()
+        text = f"{value:f}"
+        whole, _, fraction = text.partition(".")
+        return f"${whole}.{fraction.ljust(2, '0')}"
     return f"${value.normalize():f}"

@@ -20,7 +20,7 @@ from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate
 from costkit_litellm.store import Limit, LimitUsage
 
-OutcomeKind = Literal["success", "failure"]
+OutcomeKind = Literal["success", "failure", "rejected", "answered", "escalated"]
 RefusalFor = Callable[[LimitUsage], RequestRejected | RequestAnswered]
 """Builds the refusal when a limit a stage contributed is the one that denies the reservation."""
 
@@ -91,8 +91,18 @@ class Outcome:
     """Actual cost from LiteLLM's ``response_cost``; None when it could not be computed."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     estimate: Nano | None = None
     cache_hit: bool = False
+    cache_status: str | None = None
+    """``hit``, ``miss`` or ``skip`` when the semantic cache looked at the request."""
+    tier: str | None = None
+    saved: Nano | None = None
+    saved_source: str | None = None
+    """``cache`` or ``routing``."""
+    reason: str | None = None
+    """For ``rejected`` / ``answered``: the refusal's type (``budget_exceeded``, ``agent_step_limit``...)."""
     error: str | None = None
     latency_s: float | None = None
     timestamp: float = 0.0

@@ -1,82 +1,174 @@
-"""Prometheus metrics of the pack, kept as exact integers and exposed at scrape time.
+"""Every ``costkit_*`` Prometheus metric, in one place, for the accounting, budget and breaker stages.
 
-Spend is summed in integer nano-dollars and converted to dollars once per scrape, so the exported
-total equals the sum of the recorded costs to 1e-9 USD however many requests were counted (a float
-``Counter`` would accumulate rounding). The collector registers on any ``CollectorRegistry``
-(default: the global one, which LiteLLM's ``prometheus`` callback serves at ``/metrics``).
+Built on prometheus_client's own metric classes, so they also work in multiprocess mode (several
+proxy workers, ``PROMETHEUS_MULTIPROC_DIR`` set, as LiteLLM does with ``--num_workers``). Dollar
+values are float64 sums of exact nano-dollar amounts (exact to 1e-9 USD for totals far beyond a
+day of traffic; the ledger keeps the exact integers). Labels: ``model``, ``tier`` and the
+allow-listed tag keys (``metrics.tag_labels``), each capped at ``max_label_values`` distinct values
+per process (overflow is counted as ``other``, so sums stay exact and series bounded).
+
+One ``CostKitMetrics`` per registry: asking again for the same registry returns the same object,
+so two kits in one process (or a re-built callback) never register twice.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from costkit_litellm.accounting.labels import LabelLimiter
 from costkit_litellm.money import NANO_PER_USD
 
-Labels = tuple[str, ...]
+if TYPE_CHECKING:
+    from costkit_litellm.accounting.events import UsageEvent
+
+COST_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_BY_REGISTRY: dict[int, CostKitMetrics] = {}
+_LOCK = threading.Lock()
 
 
-class CostMetrics(Collector):
-    """``costkit_spend_usd_total`` and ``costkit_requests_total``, labelled by model and tag labels."""
+class CostKitMetrics:
+    """The pack's metrics on one registry."""
 
     def __init__(
         self,
         tag_labels: Sequence[str] = (),
         max_label_values: int = 50,
         registry: CollectorRegistry | None = REGISTRY,
+        max_remaining_series: int = 100,
     ) -> None:
-        self._limiter = LabelLimiter(tag_labels, max_label_values)
+        self.tag_labels = tuple(tag_labels)
+        self._limiter = LabelLimiter(self.tag_labels, max_label_values)
         self._lock = threading.Lock()
-        self._spend: dict[Labels, int] = defaultdict(int)
-        self._requests: dict[Labels, int] = defaultdict(int)
-        if registry is not None:
-            registry.register(self)
-
-    @property
-    def tag_labels(self) -> tuple[str, ...]:
-        """The attribute keys exported as labels."""
-        return self._limiter.names
-
-    def record(self, model: str, attributes: Mapping[str, str], outcome: str, cost_nano: int | None) -> None:
-        """Count one request outcome and its cost (None: cost unknown, counted as a request only)."""
-        with self._lock:
-            tags = self._limiter.values(attributes)
-            self._requests[(model, outcome, *tags)] += 1
-            if cost_nano:
-                self._spend[(model, *tags)] += cost_nano
-
-    def spend_nano(self) -> int:
-        """Total spend recorded by this process, in nano-dollars."""
-        with self._lock:
-            return sum(self._spend.values())
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield the metric families (called by the registry at scrape time)."""
-        names = list(self._limiter.names)
-        with self._lock:
-            spend = dict(self._spend)
-            requests = dict(self._requests)
-        spend_family = CounterMetricFamily(
-            "costkit_spend_usd", "Spend on LLM calls in US dollars.", labels=["model", *names]
+        self._remaining_keys: set[tuple[str, str]] = set()
+        self._max_remaining = max_remaining_series
+        tags = list(self.tag_labels)
+        self.spend = Counter(
+            "costkit_spend_usd", "Spend on LLM calls in US dollars.", ["model", "tier", *tags], registry=registry
         )
-        for labels, nano in spend.items():
-            spend_family.add_metric(list(labels), nano / NANO_PER_USD)
-        yield spend_family
-        requests_family = CounterMetricFamily(
+        self.tokens = Counter(
+            "costkit_tokens", "Tokens by direction.", ["model", "tier", "direction", *tags], registry=registry
+        )
+        self.requests = Counter(
             "costkit_requests",
-            "LLM requests seen by costkit, by outcome.",
-            labels=["model", "outcome", *names],
+            "Requests seen by costkit, by outcome.",
+            ["model", "tier", "outcome", *tags],
+            registry=registry,
         )
-        for labels, count in requests.items():
-            requests_family.add_metric(list(labels), count)
-        yield requests_family
+        self.saved = Counter(
+            "costkit_saved_usd",
+            "Dollars saved, by source (cache, routing).",
+            ["source", "model", *tags],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "costkit_cache_requests", "Cache lookups by result (hit, miss, skip).", ["result"], registry=registry
+        )
+        self.cost = Histogram(
+            "costkit_request_cost_usd",
+            "Cost of one request in dollars.",
+            ["model", "tier"],
+            buckets=COST_BUCKETS,
+            registry=registry,
+        )
+        self.remaining = Gauge(
+            "costkit_budget_remaining_usd",
+            "Dollars left in a budget window.",
+            ["budget", "value"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "costkit_budget_rejections", "Requests refused by a budget.", ["budget", "reason"], registry=registry
+        )
+        self.alerts = Counter(
+            "costkit_budget_alerts", "Budget alert thresholds crossed.", ["budget", "threshold"], registry=registry
+        )
+        self.downgrades = Counter(
+            "costkit_budget_downgrades",
+            "Requests sent to a cheaper model by a downgrade budget.",
+            ["budget"],
+            registry=registry,
+        )
+        self.breaks = Counter(
+            "costkit_circuit_breaks", "Agent sessions stopped by the breaker.", ["reason"], registry=registry
+        )
+        self.store_errors = Counter(
+            "costkit_store_errors",
+            "Store operations that failed (handled by the outage policy).",
+            ["operation"],
+            registry=registry,
+        )
 
-    def describe(self) -> Iterator[Metric]:
-        """No up-front description: avoids a collect() at registration."""
-        return iter(())
+    @classmethod
+    def for_registry(
+        cls,
+        tag_labels: Sequence[str] = (),
+        max_label_values: int = 50,
+        registry: CollectorRegistry | None = REGISTRY,
+        max_remaining_series: int = 100,
+    ) -> CostKitMetrics:
+        """The metrics of ``registry``, created on first use (``None``: a private, unregistered set)."""
+        if registry is None:
+            return cls(tag_labels, max_label_values, None, max_remaining_series)
+        with _LOCK:
+            existing = _BY_REGISTRY.get(id(registry))
+            if existing is None:
+                existing = cls(tag_labels, max_label_values, registry, max_remaining_series)
+                _BY_REGISTRY[id(registry)] = existing
+            return existing
+
+    # --- accounting ---------------------------------------------------------------------
+    def record(self, event: UsageEvent) -> None:
+        """Count one usage event: request, spend, tokens, cost histogram, savings, cache result."""
+        with self._lock:
+            tags = self._limiter.values(event.attributes)
+        model, tier = event.model or "unknown", event.tier or "none"
+        self.requests.labels(model, tier, event.outcome, *tags).inc()
+        if event.cost_nano:
+            dollars = event.cost_nano / NANO_PER_USD
+            self.spend.labels(model, tier, *tags).inc(dollars)
+        if event.cost_nano is not None and event.outcome in ("success", "cache_hit"):
+            self.cost.labels(model, tier).observe(event.cost_nano / NANO_PER_USD)
+        if event.input_tokens:
+            self.tokens.labels(model, tier, "input", *tags).inc(event.input_tokens)
+        if event.output_tokens:
+            self.tokens.labels(model, tier, "output", *tags).inc(event.output_tokens)
+        if event.saved_nano and event.saved_source:
+            self.saved.labels(event.saved_source, model, *tags).inc(event.saved_nano / NANO_PER_USD)
+        if event.cache_status:
+            self.cache.labels(event.cache_status).inc()
+
+    # --- budgets and breaker ------------------------------------------------------------
+    def budget_remaining(self, budget: str, value: str, nano: int) -> None:
+        """What is left of one budget for one value (at most ``max_remaining_series`` pairs)."""
+        key = (budget, value)
+        with self._lock:
+            if key not in self._remaining_keys:
+                if len(self._remaining_keys) >= self._max_remaining:
+                    return
+                self._remaining_keys.add(key)
+        self.remaining.labels(budget, value).set(nano / NANO_PER_USD)
+
+    def rejected(self, budget: str, reason: str) -> None:
+        """A refusal by a budget (``exceeded``, ``too_large``, ``price_unknown``, ``store_unavailable``)."""
+        self.rejections.labels(budget, reason).inc()
+
+    def alerted(self, budget: str, threshold: str) -> None:
+        """An alert threshold crossed."""
+        self.alerts.labels(budget, threshold).inc()
+
+    def downgraded(self, budget: str) -> None:
+        """A request sent to a cheaper model by a downgrade budget."""
+        self.downgrades.labels(budget).inc()
+
+    def tripped(self, reason: str) -> None:
+        """A circuit-breaker trip."""
+        self.breaks.labels(reason).inc()
+
+    def store_error(self, operation: str) -> None:
+        """A failed store operation."""
+        self.store_errors.labels(operation).inc()

@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Sequence
 from decimal import Decimal
 
-from costkit_litellm.budgets.metrics import BudgetMetrics
+from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.policy import AppliedBudget, BudgetPolicy
 from costkit_litellm.money import format_usd_short
 from costkit_litellm.store import LimitUsage, Store
@@ -25,7 +25,7 @@ def crossed(applied: AppliedBudget, usage: LimitUsage) -> list[Decimal]:
 class Alerter:
     """Reports crossed thresholds: a metric, a log line and the budget's webhook, once per window."""
 
-    def __init__(self, store: Store, policy: BudgetPolicy, metrics: BudgetMetrics | None) -> None:
+    def __init__(self, store: Store, policy: BudgetPolicy, metrics: CostKitMetrics | None) -> None:
         self._store = store
         self._policy = policy
         self._metrics = metrics

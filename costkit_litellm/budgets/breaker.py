@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.config import BreakerConfig
-from costkit_litellm.budgets.metrics import BudgetMetrics
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd_short, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome
@@ -92,7 +92,7 @@ class BreakerStage:
         self,
         config: BreakerConfig,
         store: Store,
-        metrics: BudgetMetrics | None = None,
+        metrics: CostKitMetrics | None = None,
         fail_closed: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:

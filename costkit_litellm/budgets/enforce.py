@@ -20,9 +20,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
-from costkit_litellm.budgets.metrics import BudgetMetrics
 from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd, format_usd_short, usd_to_nano
@@ -59,7 +59,7 @@ class BudgetStage:
         policy: BudgetPolicy,
         store: Store,
         pricing: Callable[[], Pricing],
-        metrics: BudgetMetrics | None = None,
+        metrics: CostKitMetrics | None = None,
         store_url: str | None = None,
     ) -> None:
         self.policy = policy
@@ -197,7 +197,7 @@ class BudgetStage:
                 continue
             left = max(0, budget.limit - usage.committed - usage.reserved)
             if self._metrics is not None:
-                self._metrics.remaining(budget.budget.name, budget.value, left)
+                self._metrics.budget_remaining(budget.budget.name, budget.value, left)
             if budget.caps:
                 tightest = left if tightest is None else min(tightest, left)
         if tightest is not None:

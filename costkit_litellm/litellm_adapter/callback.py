@@ -16,7 +16,7 @@ from litellm import ModelResponse
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from costkit_litellm.context import from_logging_payload, from_request
+from costkit_litellm.context import RequestContext, from_logging_payload, from_request
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
@@ -27,6 +27,8 @@ from costkit_litellm.pricing import CostEstimate
 log = logging.getLogger(__name__)
 
 STASH_KEY = "costkit"
+RECORDED = "recorded"
+"""Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
 HEADER_STOPPED = "x-costkit-stopped"
 _CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
 
@@ -69,6 +71,14 @@ def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
     return response
 
 
+def _detail(payload: Mapping[str, Any], section: str, name: str) -> int:
+    """A token count from the usage details LiteLLM keeps in the payload's metadata (0 when absent)."""
+    usage = _metadata(payload).get("usage_object")
+    details = usage.get(section) if isinstance(usage, Mapping) else None
+    value = details.get(name) if isinstance(details, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def response_cost(response: Any) -> Nano | None:
     """LiteLLM's cost of a response object, in nano-dollars."""
     hidden = getattr(response, "_hidden_params", None)
@@ -95,8 +105,19 @@ class CostKitCallback(CustomLogger):
 
     # --- before the call ----------------------------------------------------------------
     async def admit(self, data: dict[str, Any]) -> Admission:
-        """Parse, estimate and run the pre-call stages for a request dict; stash the result."""
-        context = from_request(data, self.kit.config.request)
+        """Parse, estimate and run the pre-call stages for a request dict; stash the result.
+
+        A refusal or a policy's own answer is recorded here, once (its outcome is marked in the
+        stash so LiteLLM's failure or success callback for the same call does not count it again).
+        """
+        try:
+            context = from_request(data, self.kit.config.request)
+        except RequestRejected as exc:
+            fallback = from_logging_payload(
+                {"litellm_call_id": data.get("litellm_call_id"), "model_group": data.get("model")}
+            )
+            await self._record_stop(data, fallback, "rejected", exc.error_type, 0)
+            raise
         deployment = self.prices.deployment_model(context.model)
         tokens = count_prompt_tokens(deployment or context.model, data.get("messages"))
         messages = data.get("messages")
@@ -104,22 +125,44 @@ class CostKitCallback(CustomLogger):
             admission = await self.kit.admit(
                 context, tokens, deployment, messages if isinstance(messages, list) else ()
             )
+        except RequestRejected as exc:
+            await self._record_stop(data, context, "rejected", exc.error_type, tokens)
+            raise
         except RequestAnswered as answer:
-            stopped = Admission(context=context, estimate=CostEstimate(Nano(0), tokens, 0, None))
-            stopped.headers[HEADER_STOPPED] = answer.reason
-            self._stash(data, stopped)
+            await self._record_stop(data, context, "answered", answer.reason, tokens)
             raise
         if admission.model is not None:
             data["model"] = admission.model
         self._stash(data, admission)
         return admission
 
+    async def _record_stop(
+        self, data: dict[str, Any], context: RequestContext, kind: str, reason: str, tokens: int
+    ) -> None:
+        stopped = Admission(context=context, estimate=CostEstimate(Nano(0), tokens, 0, None))
+        stopped.state[RECORDED] = kind
+        if kind == "answered":
+            stopped.headers[HEADER_STOPPED] = reason
+        self._stash(data, stopped)
+        await self.kit.record(
+            Outcome(
+                kind="rejected" if kind == "rejected" else "answered",
+                context=context,
+                model=context.model,
+                deployment_model=None,
+                cost=Nano(0),
+                prompt_tokens=0,
+                reason=reason,
+                timestamp=time.time(),
+            )
+        )
+
     def _stash(self, data: dict[str, Any], admission: Admission) -> None:
         metadata = data.get("metadata")
-        if not isinstance(metadata, dict):
-            metadata = {} if metadata is None else dict(metadata)
-            data["metadata"] = metadata
-        metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
+        if metadata is None:
+            metadata = data["metadata"] = {}
+        if isinstance(metadata, dict):  # a client's malformed non-dict metadata is left as it is
+            metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
@@ -175,6 +218,8 @@ class CostKitCallback(CustomLogger):
         if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
             return None  # admitted by another kit in this process: that kit records it
         stash = Stash.read(raw)
+        if stash is not None and stash.state.get(RECORDED):
+            return None  # refused or answered by a policy: recorded when it happened
         context = stash.context if stash is not None else from_logging_payload(payload, self.kit.config.request)
         raw_cost = payload.get("response_cost")
         cost: Nano | None
@@ -197,6 +242,8 @@ class CostKitCallback(CustomLogger):
             cost=cost,
             prompt_tokens=int(payload.get("prompt_tokens") or 0),
             completion_tokens=int(payload.get("completion_tokens") or 0),
+            cached_tokens=_detail(payload, "prompt_tokens_details", "cached_tokens"),
+            reasoning_tokens=_detail(payload, "completion_tokens_details", "reasoning_tokens"),
             estimate=Nano(stash.estimate_nano) if stash and stash.estimate_nano is not None else None,
             cache_hit=bool(payload.get("cache_hit")),
             error=str(payload.get("error_str") or "") or None,

@@ -240,8 +240,8 @@ class TestState:
             await store.close()
         for call_id, cost in wanted.items():
             entry = entries[f"{call_id}:success"]
-            assert Decimal(entry.fields["cost_nano"]) * NANO == Decimal(cost)
-            assert entry.fields["attr.feature"] == "ledgered"
+            assert Decimal(entry.fields["costkit.cost_nano"]) * NANO == Decimal(cost)
+            assert entry.fields["costkit.attr.feature"] == "ledgered"
 
 
 class TestStartup:

@@ -91,10 +91,10 @@ class TestRouter:
         assert Decimal(headers["x-costkit-max-cost-usd"]) >= cost > 0
         entries = await ledger_when(kit.store, lambda e: len(e) >= 1)
         assert len(entries) == 1
-        assert entries[0].fields["attr.feature"] == "email_writer" and entries[0].fields["user"] == "123"
-        assert Decimal(entries[0].fields["cost_nano"]) * NANO == cost
+        assert entries[0].fields["costkit.attr.feature"] == "email_writer" and entries[0].fields["user.id"] == "123"
+        assert Decimal(entries[0].fields["costkit.cost_nano"]) * NANO == cost
         spend = registry.get_sample_value(
-            "costkit_spend_usd_total", {"model": "gpt-4o-mini", "feature": "email_writer"}
+            "costkit_spend_usd_total", {"model": "gpt-4o-mini", "tier": "none", "feature": "email_writer"}
         )
         assert spend is not None and abs(Decimal(repr(spend)) - cost) < NANO
         await kit.close()
@@ -143,7 +143,7 @@ class TestRouter:
         await asyncio.sleep(0.3)
         entries = await kit.store.ledger_read()
         assert len(entries) == 1
-        assert int(entries[0].fields["cost_nano"]) > 0
+        assert int(entries[0].fields["costkit.cost_nano"]) > 0
         await kit.close()
 
     async def test_two_kits_in_one_process_both_record(self) -> None:

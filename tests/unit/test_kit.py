@@ -104,20 +104,21 @@ class TestRecord:
         await kit.record(outcome("c1", 13_500))
         entries = await kit.store.ledger_read()
         assert [e.entry_id for e in entries] == ["c1:success"]
-        assert entries[0].fields["cost_nano"] == "13500"
-        assert entries[0].fields["attr.feature"] == "chat"
-        labels = {"model": "mini", "feature": "chat"}
+        assert entries[0].fields["costkit.cost_nano"] == "13500"
+        assert entries[0].fields["costkit.attr.feature"] == "chat"
+        labels = {"model": "mini", "tier": "none", "feature": "chat"}
         assert registry.get_sample_value("costkit_spend_usd_total", labels) == pytest.approx(13_500e-9, abs=1e-15)
         await kit.close()
 
     async def test_sum_of_many_costs_is_exact(self) -> None:
-        """A thousand small costs sum exactly in nano-dollars in both the ledger and the metrics."""
-        kit, _ = make_kit()
+        """A thousand small costs sum exactly in the ledger (nano-dollars) and to 1e-9 USD in the metrics."""
+        kit, registry = make_kit()
         for i in range(1000):
             await kit.record(outcome(f"c{i}", 13_501))
         entries = await kit.store.ledger_read()
-        assert sum(int(e.fields["cost_nano"]) for e in entries) == 13_501_000
-        assert kit.metrics is not None and kit.metrics.spend_nano() == 13_501_000
+        assert sum(int(e.fields["costkit.cost_nano"]) for e in entries) == 13_501_000
+        spend = registry.get_sample_value("costkit_spend_usd_total", {"model": "mini", "tier": "none", "feature": "chat"})
+        assert spend is not None and abs(spend - 0.013501) < 1e-9
         await kit.close()
 
     async def test_a_failing_stage_does_not_lose_the_others(self) -> None:

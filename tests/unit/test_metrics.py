@@ -1,11 +1,26 @@
-"""Spend metrics are exact sums with bounded label cardinality."""
+"""Metrics: exact sums with bounded label cardinality, one set per registry, every costkit_* family."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from costkit_litellm.accounting.events import UsageEvent
 from costkit_litellm.accounting.labels import LabelLimiter
-from costkit_litellm.accounting.metrics import CostMetrics
+from costkit_litellm.accounting.metrics import CostKitMetrics
+
+
+def event(feature: str | None, cost: int | None = 13_500, outcome: str = "success", **extra: object) -> UsageEvent:
+    attributes = {"feature": feature} if feature else {}
+    return UsageEvent(
+        call_id="c",
+        outcome=outcome,
+        timestamp=0.0,
+        request_model="m",
+        model="m",
+        cost_nano=cost,
+        attributes=attributes,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 class TestLabelLimiter:
@@ -16,38 +31,72 @@ class TestLabelLimiter:
         assert limiter.values({}) == ("none",)
 
 
-class TestCostMetrics:
+class TestCostKitMetrics:
     def test_ten_thousand_features_keep_series_bounded_and_total_exact(self) -> None:
-        """10,000 distinct feature values give at most cap+2 series and the exact total spend."""
+        """10,000 distinct feature values give at most cap+2 spend series and the exact total spend."""
         registry = CollectorRegistry()
-        metrics = CostMetrics(["feature"], max_label_values=20, registry=registry)
+        metrics = CostKitMetrics(["feature"], max_label_values=20, registry=registry)
         for i in range(10_000):
-            metrics.record("gpt-4o-mini", {"feature": f"f{i}"}, "success", 13_500)
-        series = [s for family in registry.collect() if family.name == "costkit_spend_usd" for s in family.samples]
+            metrics.record(event(f"f{i}"))
+        series = [
+            s
+            for family in registry.collect()
+            if family.name == "costkit_spend_usd"
+            for s in family.samples
+            if s.name == "costkit_spend_usd_total"
+        ]
         assert len(series) <= 22
-        assert metrics.spend_nano() == 10_000 * 13_500
-        total = sum(s.value for s in series)
-        assert abs(total - 0.135) < 1e-12
+        assert abs(sum(s.value for s in series) - 0.135) < 1e-9
 
-    def test_exposition_has_dollars_per_model_and_label(self) -> None:
-        """The scrape shows costkit_spend_usd_total in dollars with model and tag labels."""
+    def test_families_and_labels(self) -> None:
+        """One event feeds requests, spend, tokens, the cost histogram, savings and cache results."""
         registry = CollectorRegistry()
-        metrics = CostMetrics(["feature"], registry=registry)
-        metrics.record("m", {"feature": "email_writer"}, "success", 1_500_000_000)
-        metrics.record("m", {"feature": "email_writer"}, "failure", 0)
-        assert registry.get_sample_value("costkit_spend_usd_total", {"model": "m", "feature": "email_writer"}) == 1.5
-        assert (
-            registry.get_sample_value(
-                "costkit_requests_total", {"model": "m", "feature": "email_writer", "outcome": "failure"}
+        metrics = CostKitMetrics(["feature"], registry=registry)
+        metrics.record(
+            event(
+                "email_writer",
+                cost=1_500_000_000,
+                tier="economy",
+                input_tokens=10,
+                output_tokens=20,
+                saved_nano=500_000_000,
+                saved_source="routing",
+                cache_status="miss",
             )
-            == 1.0
         )
+        labels = {"model": "m", "tier": "economy", "feature": "email_writer"}
+        assert registry.get_sample_value("costkit_spend_usd_total", labels) == 1.5
+        assert registry.get_sample_value("costkit_requests_total", {**labels, "outcome": "success"}) == 1
+        assert registry.get_sample_value("costkit_tokens_total", {**labels, "direction": "output"}) == 20
+        assert registry.get_sample_value("costkit_request_cost_usd_count", {"model": "m", "tier": "economy"}) == 1
+        saved = {"source": "routing", "model": "m", "feature": "email_writer"}
+        assert registry.get_sample_value("costkit_saved_usd_total", saved) == 0.5
+        assert registry.get_sample_value("costkit_cache_requests_total", {"result": "miss"}) == 1
         assert b"costkit_spend_usd_total" in generate_latest(registry)
 
     def test_unknown_cost_counts_the_request_only(self) -> None:
         """A request whose cost is unknown is counted, without inventing a spend."""
         registry = CollectorRegistry()
-        metrics = CostMetrics([], registry=registry)
-        metrics.record("m", {}, "success", None)
-        assert registry.get_sample_value("costkit_requests_total", {"model": "m", "outcome": "success"}) == 1.0
-        assert metrics.spend_nano() == 0
+        metrics = CostKitMetrics([], registry=registry)
+        metrics.record(event(None, cost=None))
+        assert (
+            registry.get_sample_value("costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success"})
+            == 1
+        )
+        assert registry.get_sample_value("costkit_spend_usd_total", {"model": "m", "tier": "none"}) is None
+
+    def test_one_set_per_registry(self) -> None:
+        """Asking twice for the same registry returns the same metrics instead of registering twice."""
+        registry = CollectorRegistry()
+        assert CostKitMetrics.for_registry(["feature"], registry=registry) is CostKitMetrics.for_registry(
+            ["feature"], registry=registry
+        )
+
+    def test_budget_remaining_series_are_capped(self) -> None:
+        """Remaining is exported for at most max_remaining_series (budget, value) pairs."""
+        registry = CollectorRegistry()
+        metrics = CostKitMetrics([], registry=registry, max_remaining_series=2)
+        for value in ("a", "b", "c"):
+            metrics.budget_remaining("daily", value, 10**9)
+        assert registry.get_sample_value("costkit_budget_remaining_usd", {"budget": "daily", "value": "b"}) == 1.0
+        assert registry.get_sample_value("costkit_budget_remaining_usd", {"budget": "daily", "value": "c"}) is None

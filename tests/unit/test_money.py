@@ -82,13 +82,17 @@ class TestFormatting:
     @pytest.mark.parametrize(
         ("nano", "text"),
         [
-            (1_234_000_000, "$1.23"),
-            (0, "$0.00"),
+            (1_234_000_000, "$1.234"),
+            (1_800_000_000, "$1.80"),
+            (0, "$0"),
             (10_000_000, "$0.01"),
+            (12_000_000, "$0.012"),
+            (123_456_789_012, "$123.46"),
             (13_500, "$0.0000135"),
             (1, "$0.000000001"),
+            (-3_000_000, "-$0.003"),
         ],
     )
     def test_format_usd_short_for_humans(self, nano, text):
-        """Cents for normal amounts, just enough places for amounts under a cent."""
+        """Cents from $100, up to six places below (at least two), every place under a cent, sign first."""
         assert format_usd_short(nano) == text

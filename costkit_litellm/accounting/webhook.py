@@ -1,0 +1,112 @@
+"""Forward ledger events to a billing system: batched, retried, dead-lettered, never blocking requests.
+
+``submit`` only puts the event on a bounded in-memory queue; a background task sends batches as
+``POST {"events": [...]}`` with exponential backoff. A batch that still fails after
+``max_attempts`` (or an event that finds the queue full) is written to the store's dead-letter
+map ``ledger_dead_letter`` (field: ``<call id>:<outcome>``, value: the event as JSON), where an
+operator can find and replay it. Events are at-least-once: the receiver de-duplicates by
+``call_id`` + ``outcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import httpx
+
+from costkit_litellm.accounting.config import WebhookConfig
+from costkit_litellm.accounting.events import UsageEvent
+from costkit_litellm.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+DEAD_LETTER = "ledger_dead_letter"
+
+
+def event_json(event: UsageEvent) -> dict[str, Any]:
+    """The event as the webhook receives it: id, outcome and the ledger fields."""
+    return {"call_id": event.call_id, "outcome": event.outcome, "fields": event.to_fields()}
+
+
+class WebhookForwarder:
+    """A bounded queue and one sender task per process."""
+
+    def __init__(self, config: WebhookConfig, store: Store, client: httpx.AsyncClient | None = None) -> None:
+        self._config = config
+        self._store = store
+        self._client = client
+        self._queue: asyncio.Queue[UsageEvent] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.dead = 0
+
+    def submit(self, event: UsageEvent) -> None:
+        """Queue an event (called on the accounting path: never waits)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(self._config.queue_size)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().create_task(self._dead_letter([event], "queue full"))
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        client = self._client or httpx.AsyncClient(timeout=self._config.timeout_s)
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._config.batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._send(client, batch)
+                for _ in batch:
+                    self._queue.task_done()
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+    async def _send(self, client: httpx.AsyncClient, batch: list[UsageEvent]) -> None:
+        body = {"events": [event_json(e) for e in batch]}
+        error = ""
+        for attempt in range(self._config.max_attempts):
+            try:
+                response = await client.post(self._config.url, json=body)
+                if response.status_code < 300:
+                    self.sent += len(batch)
+                    return
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < self._config.max_attempts - 1:
+                await asyncio.sleep(min(30.0, 0.2 * 2**attempt))
+        await self._dead_letter(batch, error)
+
+    async def _dead_letter(self, batch: list[UsageEvent], error: str) -> None:
+        self.dead += len(batch)
+        log.error("costkit: billing webhook gave up on %d events (%s); kept in %s", len(batch), error, DEAD_LETTER)
+        for event in batch:
+            try:
+                await self._store.map_set(
+                    DEAD_LETTER, f"{event.call_id}:{event.outcome}", json.dumps({**event_json(event), "error": error})
+                )
+            except StoreError as exc:
+                log.error("costkit: dead-letter record lost for %s: %s", event.call_id, exc)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait until the queue is empty (or the timeout passes)."""
+        if self._queue is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout_s)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (up to ``timeout_s``), then stop the sender."""
+        await self.drain(timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

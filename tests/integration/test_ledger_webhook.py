@@ -1,0 +1,104 @@
+"""Billing webhook: every ledger event forwarded in batches, retried, dead-lettered, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from costkit_litellm.accounting.webhook import DEAD_LETTER
+from costkit_litellm.config import parse_config
+from costkit_litellm.context import RequestContext
+from costkit_litellm.kit import CostKit
+from costkit_litellm.money import Nano
+from costkit_litellm.pipeline import Outcome
+from costkit_litellm.store import MemoryStore
+from costkit_litellm.testing.ports import free_port
+
+
+class Receiver:
+    """A billing endpoint that records batches and can fail on purpose."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.fail_next = 0
+        self.always_fail = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.always_fail or self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=503)
+        self.batches.append(body["events"])
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    target = Receiver()
+    app = web.Application()
+    app.router.add_post("/billing", target.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield target, f"http://127.0.0.1:{port}/billing"
+    await runner.cleanup()
+
+
+def make_kit(url: str, **webhook: Any) -> CostKit:
+    config = parse_config({"ledger": {"webhook": {"url": url, "batch_size": 10, **webhook}}})
+    return CostKit(config, store=MemoryStore(), registry=CollectorRegistry())
+
+
+def outcome(i: int) -> Outcome:
+    ctx = RequestContext(call_id=f"call-{i}", model="m", attributes={"feature": "email_writer"})
+    return Outcome(
+        kind="success", context=ctx, model="m", deployment_model=None, cost=Nano(1000 + i), timestamp=float(i)
+    )
+
+
+class TestWebhook:
+    async def test_every_event_arrives_once_in_batches(self, receiver: tuple[Receiver, str]) -> None:
+        """25 events arrive as batches of at most 10, each once, with the ledger fields; a duplicate is not sent."""
+        target, url = receiver
+        kit = make_kit(url)
+        for i in range(25):
+            await kit.record(outcome(i))
+        await kit.record(outcome(3))  # a duplicated callback
+        await kit.close()
+        events = [e for batch in target.batches for e in batch]
+        assert sorted(e["call_id"] for e in events) == sorted(f"call-{i}" for i in range(25))
+        assert max(len(b) for b in target.batches) <= 10
+        assert events[0]["fields"]["costkit.attr.feature"] == "email_writer"
+
+    async def test_transient_failures_are_retried(self, receiver: tuple[Receiver, str]) -> None:
+        """A receiver that fails twice still gets the batch."""
+        target, url = receiver
+        target.fail_next = 2
+        kit = make_kit(url, max_attempts=5)
+        await kit.record(outcome(1))
+        await kit.close()
+        assert [e["call_id"] for b in target.batches for e in b] == ["call-1"]
+
+    async def test_gives_up_into_the_dead_letter_record(self, receiver: tuple[Receiver, str]) -> None:
+        """After max_attempts the events are kept in the dead-letter map with the error, not lost."""
+        target, url = receiver
+        target.always_fail = True
+        kit = make_kit(url, max_attempts=2)
+        await kit.record(outcome(7))
+        await kit.close()
+        dead = await kit.store.map_get_all(DEAD_LETTER)
+        assert list(dead) == ["call-7:success"]
+        assert json.loads(dead["call-7:success"])["error"] == "HTTP 503"
+
+    async def test_recording_never_waits_for_the_receiver(self) -> None:
+        """With an unreachable receiver, recording returns at once (the queue absorbs it)."""
+        kit = make_kit(f"http://127.0.0.1:{free_port()}/nothing", max_attempts=1)
+        await asyncio.wait_for(kit.record(outcome(1)), timeout=1.0)
+        await kit.close()
