@@ -17,6 +17,7 @@ application code using the Router sees the exception itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 
 class CostKitError(Exception):
@@ -79,9 +80,27 @@ class BadRequestMetadata(RequestRejected):
 
 
 class RequestAnswered(CostKitError):
-    """A policy answers the request itself, without a provider call, at $0."""
+    """A stage answers the request itself, without a provider call, at $0.
 
-    def __init__(self, content: str, reason: str) -> None:
+    The breaker answers with a final assistant message (``content``); the semantic cache with a
+    whole stored response (``response``: an OpenAI chat completion as a dict), marking it a cache
+    hit with the cost it saved. ``headers`` go into the client's response.
+    """
+
+    def __init__(
+        self,
+        content: str,
+        reason: str,
+        *,
+        response: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        cache_hit: bool = False,
+        saved_nano: int | None = None,
+    ) -> None:
         super().__init__(content)
         self.content = content
         self.reason = reason
+        self.response = response
+        self.headers = dict(headers or {})
+        self.cache_hit = cache_hit
+        self.saved_nano = saved_nano

@@ -150,12 +150,11 @@ class CostKit:
             context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
         )
         admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model, messages=messages)
-        if self.config.headers.enabled:
-            admission.headers[HEADER_MAX_COST] = (
-                format_usd(estimate.amount) if estimate.amount is not None else "unknown"
-            )
         for stage in self.stages:
             await stage.on_request(admission)
+        if self.config.headers.enabled:  # after the stages: routing or a downgrade may have re-estimated
+            final = admission.estimate.amount
+            admission.headers[HEADER_MAX_COST] = format_usd(final) if final is not None else "unknown"
         return admission
 
     async def record(self, outcome: Outcome) -> None:

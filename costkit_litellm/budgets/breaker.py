@@ -29,6 +29,7 @@ from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.store import Limit, LimitUsage, Store, StoreError
 
 _SPACES = re.compile(r"\s+")
+HEADER_STOPPED = "x-costkit-stopped"
 
 
 def _normal_text(value: Any) -> str:
@@ -162,7 +163,9 @@ class BreakerStage:
         if self._metrics is not None:
             self._metrics.tripped(reason)
         if self.config.on_trip == "final_message":
-            return RequestAnswered(self.config.final_message.format(reason=words), reason)
+            return RequestAnswered(
+                self.config.final_message.format(reason=words), reason, headers={HEADER_STOPPED: reason}
+            )
         return RequestRejected(
             f"Agent session {session!r} stopped by the costkit circuit breaker: {detail}. "
             "Start a new session to continue.",

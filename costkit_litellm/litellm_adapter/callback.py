@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 STASH_KEY = "costkit"
 RECORDED = "recorded"
 """Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
-HEADER_STOPPED = "x-costkit-stopped"
 _CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
 
 
@@ -61,13 +60,17 @@ def as_http_exception(exc: RequestRejected) -> ProxyException:
 
 
 def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
-    """An assistant message with zero usage, answered without a provider call."""
-    response = ModelResponse(
-        model=model,
-        choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer.content}}],
-        usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    )
-    response._hidden_params["additional_headers"] = {HEADER_STOPPED: answer.reason}
+    """The answer as a response with zero usage (LiteLLM then prices it at $0): a stored response, or a message."""
+    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if answer.response is not None:
+        stored = {k: v for k, v in answer.response.items() if k not in ("usage", "id", "created")}
+        response = ModelResponse(**{**stored, "model": stored.get("model") or model, "usage": zero})
+    else:
+        message = {"role": "assistant", "content": answer.content}
+        response = ModelResponse(
+            model=model, choices=[{"index": 0, "finish_reason": "stop", "message": message}], usage=zero
+        )
+    response._hidden_params["additional_headers"] = dict(answer.headers)
     return response
 
 
@@ -129,7 +132,7 @@ class CostKitCallback(CustomLogger):
             await self._record_stop(data, context, "rejected", exc.error_type, tokens)
             raise
         except RequestAnswered as answer:
-            await self._record_stop(data, context, "answered", answer.reason, tokens)
+            await self._record_stop(data, context, "answered", answer.reason, tokens, answer)
             raise
         if admission.model is not None:
             data["model"] = admission.model
@@ -137,22 +140,33 @@ class CostKitCallback(CustomLogger):
         return admission
 
     async def _record_stop(
-        self, data: dict[str, Any], context: RequestContext, kind: str, reason: str, tokens: int
+        self,
+        data: dict[str, Any],
+        context: RequestContext,
+        kind: str,
+        reason: str,
+        tokens: int,
+        answer: RequestAnswered | None = None,
     ) -> None:
         stopped = Admission(context=context, estimate=CostEstimate(Nano(0), tokens, 0, None))
         stopped.state[RECORDED] = kind
-        if kind == "answered":
-            stopped.headers[HEADER_STOPPED] = reason
+        cache_hit = answer is not None and answer.cache_hit
+        if answer is not None:
+            stopped.headers.update(answer.headers)
         self._stash(data, stopped)
+        saved = answer.saved_nano if answer is not None else None
         await self.kit.record(
             Outcome(
-                kind="rejected" if kind == "rejected" else "answered",
+                kind="rejected" if kind == "rejected" else "success" if cache_hit else "answered",
                 context=context,
                 model=context.model,
                 deployment_model=None,
                 cost=Nano(0),
-                prompt_tokens=0,
-                reason=reason,
+                cache_hit=cache_hit,
+                cache_status="hit" if cache_hit else None,
+                saved=Nano(saved) if saved else None,
+                saved_source="cache" if saved else None,
+                reason=None if cache_hit else reason,
                 timestamp=time.time(),
             )
         )

@@ -311,6 +311,7 @@ class TestDowngradeAndAlerts:
         assert second.model == "small"
         assert second.headers[HEADER_DOWNGRADED] == "team-big: big -> small"
         assert second.estimate.amount == 200_000  # re-estimated at the small model's price
+        assert second.headers["x-costkit-max-cost-usd"] == "0.000200000"
         assert registry.get_sample_value("costkit_budget_downgrades_total", {"budget": "team-big"}) == 1
 
     async def test_alert_thresholds_fire_once_each_and_never_block(self) -> None:
