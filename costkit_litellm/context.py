@@ -30,7 +30,7 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _PLACEHOLDER_USERS = frozenset({"default_user_id", ""})
 # Client metadata keys that are structure, not attributes.
 _NOT_ATTRIBUTES = frozenset(
-    {"tags", "headers", "session_id", "requester_metadata", "used_client_oauth_token", "costkit"}
+    {"tags", "headers", "session_id", "requester_metadata", "used_client_oauth_token", "costkit", "cache"}
 )
 
 
@@ -70,6 +70,9 @@ class RequestContext:
     """``key:value`` tags and plain client metadata keys (``feature`` -> ``email_writer``)."""
     session_id: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    no_cache: bool = False
+    """The client asked not to use the cache (``Cache-Control: no-cache``/``no-store``, header
+    ``x-costkit-cache: off``, or metadata ``cache: false``)."""
 
     def scope_value(self, scope: str) -> str | None:
         """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,
@@ -284,7 +287,18 @@ def from_request(data: Mapping[str, Any], limits: RequestConfig | None = None) -
         attributes=reader.attributes(tags, client),
         session_id=session,
         params=sampling_params(data),
+        no_cache=_no_cache(headers, client),
     )
+
+
+def _no_cache(headers: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    control = str(_header(headers, "cache-control") or "").lower()
+    if "no-cache" in control or "no-store" in control:
+        return True
+    if str(_header(headers, "x-costkit-cache") or "").lower() in ("off", "no", "false", "0"):
+        return True
+    flag = metadata.get("cache")
+    return flag is False or (isinstance(flag, str) and flag.lower() in ("false", "off", "no"))
 
 
 def from_logging_payload(payload: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:

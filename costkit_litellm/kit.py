@@ -24,6 +24,7 @@ from costkit_litellm.budgets.enforce import BudgetStage
 from costkit_litellm.budgets.policy import BudgetPolicy
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
+from costkit_litellm.embeddings import LOCAL_MINILM, Embedder, EmbedderUnavailable
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
 from costkit_litellm.pricing import PriceSource, Pricing
@@ -92,6 +93,8 @@ class CostKit:
         if self.webhook is not None:
             self.accounting.listeners.append(self.webhook.submit)
         self.stages.append(self.accounting)
+        self._embedders: dict[str, Embedder] = {}
+        self._embedder_factory: Callable[[str], Embedder] | None = None
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
 
@@ -99,6 +102,23 @@ class CostKit:
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> CostKit:
         """Build from the ``costkit:`` section of a proxy config file (validated now)."""
         return cls(load_config(path), source=str(path), **kwargs)
+
+    def set_embedder_factory(self, factory: Callable[[str], Embedder]) -> None:
+        """How to build an embedder for a model name other than the local one (the adapter's LiteLLM embedder)."""
+        self._embedder_factory = factory
+
+    def embedder(self, name: str) -> Embedder:
+        """The embedder for a configured model name, built once: ``local/all-MiniLM-L6-v2`` or a LiteLLM model."""
+        if name not in self._embedders:
+            if name == LOCAL_MINILM:
+                from costkit_litellm.embeddings.local import LocalEmbedder
+
+                self._embedders[name] = LocalEmbedder()
+            elif self._embedder_factory is not None:
+                self._embedders[name] = self._embedder_factory(name)
+            else:
+                raise EmbedderUnavailable(f"no embedder for {name!r} outside LiteLLM; use {LOCAL_MINILM}")
+        return self._embedders[name]
 
     def set_price_source(self, source: PriceSource) -> None:
         """Plug in the gateway's price knowledge (the adapter does this)."""

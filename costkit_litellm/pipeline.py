@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from costkit_litellm.context import RequestContext, from_json
+from costkit_litellm.embeddings import Embedder, Vectors
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate
@@ -42,6 +43,21 @@ class Admission:
     """Limits other stages want held with the budgets in the one all-or-nothing reservation."""
     state: dict[str, Any] = field(default_factory=dict)
     """JSON-safe per-stage state carried to ``on_outcome`` (keyed by stage name)."""
+    vectors: dict[str, Vectors] = field(default_factory=dict)
+    """Embeddings computed for this request, by embedder name (one per request, shared by stages)."""
+
+    def last_user_text(self) -> str | None:
+        """The text of the last user message (content parts joined), None when there is none."""
+        return last_user_text(self.messages)
+
+    async def last_user_vector(self, embedder: Embedder) -> Vectors | None:
+        """The last user message's embedding, computed once per request and embedder."""
+        if embedder.name not in self.vectors:
+            text = self.last_user_text()
+            if text is None:
+                return None
+            self.vectors[embedder.name] = (await embedder.embed([text]))[0]
+        return self.vectors[embedder.name]
 
     def stash(self) -> dict[str, Any]:
         """JSON-safe state carried in the request's metadata to the post-call callbacks."""
@@ -108,6 +124,25 @@ class Outcome:
     timestamp: float = 0.0
     state: Mapping[str, Any] = field(default_factory=dict)
     """What the stages put in ``Admission.state`` before the call."""
+    response: Mapping[str, Any] | None = None
+    """The provider's answer as an OpenAI chat completion dict (successful non-streaming calls)."""
+
+
+def message_text(content: Any) -> str:
+    """Text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return ""
+
+
+def last_user_text(messages: Sequence[Any]) -> str | None:
+    """The text of the last user message, None when the conversation has none."""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return None
 
 
 class Stage(Protocol):

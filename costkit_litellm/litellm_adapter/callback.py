@@ -19,6 +19,7 @@ from litellm.proxy._types import ProxyException
 from costkit_litellm.context import RequestContext, from_logging_payload, from_request
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
+from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
 from costkit_litellm.money import Nano, format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome, Stash
@@ -74,6 +75,14 @@ def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
     return response
 
 
+def _response_dict(response: Any) -> dict[str, Any] | None:
+    """A non-streaming chat completion as a plain dict (None for streams and other objects)."""
+    if isinstance(response, ModelResponse) and hasattr(response, "model_dump"):
+        dumped = response.model_dump()
+        return dumped if isinstance(dumped, dict) else None
+    return None
+
+
 def _detail(payload: Mapping[str, Any], section: str, name: str) -> int:
     """A token count from the usage details LiteLLM keeps in the payload's metadata (0 when absent)."""
     usage = _metadata(payload).get("usage_object")
@@ -105,6 +114,7 @@ class CostKitCallback(CustomLogger):
         self.kit = kit
         self.prices = LiteLLMPriceSource(router or _proxy_router)
         kit.set_price_source(self.prices)
+        kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, router or _proxy_router))
 
     # --- before the call ----------------------------------------------------------------
     async def admit(self, data: dict[str, Any]) -> Admission:
@@ -222,7 +232,9 @@ class CostKitCallback(CustomLogger):
         return self.headers_for(data, response) or None
 
     # --- after the call -----------------------------------------------------------------
-    def outcome(self, kind: str, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> Outcome | None:
+    def outcome(
+        self, kind: str, kwargs: Mapping[str, Any], start_time: Any, end_time: Any, response_obj: Any = None
+    ) -> Outcome | None:
         """Translate a logging callback's kwargs into an ``Outcome``."""
         payload = kwargs.get("standard_logging_object")
         if not isinstance(payload, Mapping):
@@ -264,21 +276,22 @@ class CostKitCallback(CustomLogger):
             latency_s=latency,
             timestamp=time.time(),
             state=stash.state if stash else {},
+            response=_response_dict(response_obj) if kind == "success" else None,
         )
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Record a successful call (streaming calls arrive once, when the stream ends)."""
-        await self._record("success", kwargs, start_time, end_time)
+        await self._record("success", kwargs, start_time, end_time, response_obj)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Record a failed call (its cost is what LiteLLM says, usually 0)."""
-        await self._record("failure", kwargs, start_time, end_time)
+        await self._record("failure", kwargs, start_time, end_time, None)
 
-    async def _record(self, kind: str, kwargs: Any, start_time: Any, end_time: Any) -> None:
+    async def _record(self, kind: str, kwargs: Any, start_time: Any, end_time: Any, response_obj: Any) -> None:
         if not self.kit.config.enabled or not isinstance(kwargs, Mapping):
             return
         try:
-            outcome = self.outcome(kind, kwargs, start_time, end_time)
+            outcome = self.outcome(kind, kwargs, start_time, end_time, response_obj)
         except Exception:
             log.exception("costkit: could not read LiteLLM's logging payload")
             return

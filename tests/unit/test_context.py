@@ -187,3 +187,25 @@ class TestSamplingParams:
     def test_boolean_is_not_a_number(self) -> None:
         """max_tokens: true is not read as 1."""
         assert sampling_params({"max_tokens": True}).max_tokens is None
+
+
+class TestNoCache:
+    @pytest.mark.parametrize(
+        ("headers", "metadata"),
+        [
+            ({"Cache-Control": "no-cache"}, {}),
+            ({"cache-control": "no-store, max-age=0"}, {}),
+            ({"x-costkit-cache": "off"}, {}),
+            ({}, {"cache": False}),
+            ({}, {"cache": "false"}),
+        ],
+        ids=["no-cache", "no-store", "header-off", "metadata-false", "metadata-string"],
+    )
+    def test_client_can_opt_out_of_the_cache(self, headers: dict[str, str], metadata: dict[str, Any]) -> None:
+        """Cache-Control no-cache/no-store, x-costkit-cache: off, or metadata cache: false mark no_cache."""
+        assert from_request(_data(headers=headers, **metadata)).no_cache is True
+
+    def test_default_allows_the_cache(self) -> None:
+        """Without any opt-out the request may use the cache, and `cache` is not an attribute."""
+        ctx = from_request(_data(cache=True))
+        assert ctx.no_cache is False and "cache" not in ctx.attributes
