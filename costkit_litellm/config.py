@@ -24,6 +24,7 @@ from costkit_litellm.budgets.config import BreakerConfig, BudgetConfig, BudgetSe
 from costkit_litellm.config_base import NonNegativeUsd, Section
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.redact import mask_url
+from costkit_litellm.routing.config import RoutingConfig
 
 SECTION = "costkit"
 _ENV_REF = re.compile(r"^os\.environ/(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.S)
@@ -127,6 +128,8 @@ class CostKitConfig(Section):
     """How budgets are enforced."""
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     """The agent circuit breaker."""
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    """Tiered routing behind a virtual model, with cascades."""
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     """The usage ledger."""
     revenue: RevenueConfig = Field(default_factory=RevenueConfig)

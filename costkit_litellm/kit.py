@@ -25,9 +25,12 @@ from costkit_litellm.budgets.policy import BudgetPolicy
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import LOCAL_MINILM, Embedder, EmbedderUnavailable
+from costkit_litellm.errors import ConfigError
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
 from costkit_litellm.pricing import PriceSource, Pricing
+from costkit_litellm.routing.classifiers import ModelFileError
+from costkit_litellm.routing.stage import RoutingStage, build_classifier
 from costkit_litellm.store import Store
 from costkit_litellm.store.factory import store_from_url
 
@@ -52,6 +55,8 @@ class CostKit:
     ) -> None:
         self.config = config or CostKitConfig()
         self.source = source
+        self._embedders: dict[str, Embedder] = {}
+        self._embedder_factory: Callable[[str], Embedder] | None = None
         ledger = self.config.ledger
         self.store: Store = store or store_from_url(
             self.config.redis_url,
@@ -83,20 +88,31 @@ class CostKit:
                     clock=clock,
                 )
             )
+        if self.config.routing.enabled:
+            self.stages.append(self._routing_stage())
         if self.config.budgets or self.config.breaker.enabled:
             policy = BudgetPolicy(self.config.budgets, settings, clock)
             self.stages.append(
                 BudgetStage(policy, self.store, lambda: self.pricing, self.metrics, self.config.redis_url)
             )
-        self.accounting = AccountingStage(self.store, self.metrics, ledger=ledger.enabled)
+        self.accounting = AccountingStage(self.store, self.metrics, ledger=ledger.enabled, pricing=lambda: self.pricing)
         self.webhook = WebhookForwarder(ledger.webhook, self.store) if ledger.webhook and ledger.enabled else None
         if self.webhook is not None:
             self.accounting.listeners.append(self.webhook.submit)
         self.stages.append(self.accounting)
-        self._embedders: dict[str, Embedder] = {}
-        self._embedder_factory: Callable[[str], Embedder] | None = None
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
+
+    def _routing_stage(self) -> RoutingStage:
+        routing = self.config.routing
+        embedder = self.embedder(LOCAL_MINILM) if routing.classifier == "learned" else None
+        try:
+            classifier, threshold = build_classifier(routing, embedder)
+        except ModelFileError as exc:
+            raise ConfigError([f"costkit.routing.model_path: {exc}"], self.source) from None
+        return RoutingStage(
+            routing, classifier, threshold, lambda: self.pricing, (lambda: embedder) if embedder else None
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> CostKit:

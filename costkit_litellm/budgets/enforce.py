@@ -212,9 +212,13 @@ class BudgetStage:
             return
         limits = [_limit_from_json(x) for x in state.get("limits", [])]
         operations: list[_Operation] = []
+        routing = outcome.state.get("routing")
+        escalated = int(routing.get("escalated_cost", 0)) if isinstance(routing, Mapping) else 0
         if outcome.kind == "success":
             cost = outcome.cost if outcome.cost is not None else int(state.get("amount", 0))
-            operations.append(("commit", call_id, cost, limits))
+            operations.append(("commit", call_id, cost + escalated, limits))
+        elif escalated:  # the cheap attempt of a cascade was paid even if the escalated call failed
+            operations.append(("commit", call_id, escalated, limits))
         operations.append(("release", call_id, 0, limits))
         if self._pending:  # the store was down: keep the order of the queue
             self._pending.extend(operations)

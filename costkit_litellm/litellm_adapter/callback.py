@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
+import litellm
 from litellm import ModelResponse
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
@@ -19,11 +20,13 @@ from litellm.proxy._types import ProxyException
 from costkit_litellm.context import RequestContext, from_logging_payload, from_request
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
+from costkit_litellm.litellm_adapter.cascade import Cascade
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
 from costkit_litellm.money import Nano, format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome, Stash
 from costkit_litellm.pricing import CostEstimate
+from costkit_litellm.routing.stage import STATE_KEY as ROUTING_STATE
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,8 @@ class CostKitCallback(CustomLogger):
         # id keeps two kits in one process (or a re-installed one) from being dropped as duplicates.
         self.instance_id = uuid.uuid4().hex
         self.kit = kit
-        self.prices = LiteLLMPriceSource(router or _proxy_router)
+        self._router = router or _proxy_router
+        self.prices = LiteLLMPriceSource(self._router)
         kit.set_price_source(self.prices)
         kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, router or _proxy_router))
 
@@ -146,8 +150,18 @@ class CostKitCallback(CustomLogger):
             raise
         if admission.model is not None:
             data["model"] = admission.model
+        if admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
+            await Cascade(self.kit, self._cheap_call(), {"state": {RECORDED: "cascade"}}).run(data, admission)
         self._stash(data, admission)
         return admission
+
+    def _cheap_call(self) -> Callable[..., Awaitable[Any]]:
+        """How a cascade calls the cheap tier: the router's own acompletion (not our wrapper)."""
+        router = self._router()
+        if router is None:
+            return cast(Callable[..., Awaitable[Any]], litellm.acompletion)
+        call = router.acompletion
+        return cast(Callable[..., Awaitable[Any]], getattr(call, "__wrapped__", call))
 
     async def _record_stop(
         self,
@@ -243,9 +257,10 @@ class CostKitCallback(CustomLogger):
         raw = _metadata(params).get(STASH_KEY) if isinstance(params, Mapping) else None
         if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
             return None  # admitted by another kit in this process: that kit records it
+        state = raw.get("state") if isinstance(raw, Mapping) else None
+        if isinstance(state, Mapping) and state.get(RECORDED):
+            return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
         stash = Stash.read(raw)
-        if stash is not None and stash.state.get(RECORDED):
-            return None  # refused or answered by a policy: recorded when it happened
         context = stash.context if stash is not None else from_logging_payload(payload, self.kit.config.request)
         raw_cost = payload.get("response_cost")
         cost: Nano | None
