@@ -22,6 +22,7 @@ from costkit_litellm.accounting.webhook import WebhookForwarder
 from costkit_litellm.budgets.breaker import BreakerStage
 from costkit_litellm.budgets.enforce import BudgetStage
 from costkit_litellm.budgets.policy import BudgetPolicy
+from costkit_litellm.cache.stage import CacheStage
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import LOCAL_MINILM, Embedder, EmbedderUnavailable
@@ -31,7 +32,7 @@ from costkit_litellm.pipeline import Admission, Outcome, Stage
 from costkit_litellm.pricing import PriceSource, Pricing
 from costkit_litellm.routing.classifiers import ModelFileError
 from costkit_litellm.routing.stage import RoutingStage, build_classifier
-from costkit_litellm.store import Store
+from costkit_litellm.store import Store, StoreError
 from costkit_litellm.store.factory import store_from_url
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,17 @@ class CostKit:
             )
         if self.config.routing.enabled:
             self.stages.append(self._routing_stage())
+        if self.config.cache.enabled:  # after routing (keys on the routed model), before budgets (a hit holds nothing)
+            self.stages.append(
+                CacheStage(
+                    self.config.cache,
+                    store_url=self.config.redis_url,
+                    prefix=self.config.key_prefix,
+                    embedder=lambda: self.embedder(self.config.cache.embedding_model),
+                    metrics=self.metrics,
+                    pricing=lambda: self.pricing,
+                )
+            )
         if self.config.budgets or self.config.breaker.enabled:
             policy = BudgetPolicy(self.config.budgets, settings, clock)
             self.stages.append(
@@ -150,20 +162,48 @@ class CostKit:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect the store and serve metrics if configured; safe to call many times."""
-        if self._started is None:
+        """Connect the store and serve metrics if configured; safe to call many times.
+
+        A store that cannot be reached is retried on the next call (the stages meanwhile apply
+        their outage policies to the store errors they get).
+        """
+        if self._started is None or (self._started.done() and self._started.exception() is not None):
             self._started = asyncio.ensure_future(self._start())
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        self._serve_metrics()
         await self.store.start()
-        port = self.config.metrics.port
-        if port and not self._metrics_server_started and self.metrics is not None:
-            from prometheus_client import start_http_server
 
-            start_http_server(port)
-            self._metrics_server_started = True
-            log.info("costkit: metrics on port %d", port)
+    async def _ensure_started(self) -> None:
+        try:
+            await self.start()
+        except StoreError as exc:
+            log.warning("costkit: store unavailable (%s); stages apply their outage policies", exc)
+
+    def _serve_metrics(self) -> None:
+        """Serve metrics on ``metrics.port`` once per process; a port taken by a sibling worker is not an error."""
+        port = self.config.metrics.port
+        if not port or self._metrics_server_started or self.metrics is None:
+            return
+        self._metrics_server_started = True
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry: CollectorRegistry | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # all workers, aggregated
+        try:
+            if registry is None:
+                start_http_server(port)
+            else:
+                start_http_server(port, registry=registry)
+        except OSError as exc:
+            log.warning("costkit: metrics port %d not served by this process (%s); another worker serves it", port, exc)
+            return
+        log.info("costkit: metrics on port %d", port)
 
     async def close(self) -> None:
         """Flush the webhook queue (briefly) and release the store."""
@@ -181,7 +221,7 @@ class CostKit:
         messages: Sequence[Any] = (),
     ) -> Admission:
         """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses."""
-        await self.start()
+        await self._ensure_started()
         estimate = self.pricing.worst_case(
             context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
         )
@@ -195,7 +235,7 @@ class CostKit:
 
     async def record(self, outcome: Outcome) -> None:
         """Run the post-call stages; never raises (a failure is logged)."""
-        await self.start()
+        await self._ensure_started()
         for stage in self.stages:
             try:
                 await stage.on_outcome(outcome)

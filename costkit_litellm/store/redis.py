@@ -71,6 +71,7 @@ _SCRIPTS: Final = (
     "ledger_read",
 )
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
+LEDGER_PAGE: Final = 1000
 _USAGE_BATCH: Final = 256
 """Limits per ``usage`` script call when reading many (``list_limits``)."""
 
@@ -296,15 +297,23 @@ class RedisStore:
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
     ) -> list[LedgerEntry]:
-        """Entries with ``since_ms <= timestamp_ms <= until_ms``, oldest first, at most ``limit``."""
+        """Entries with ``since_ms <= timestamp_ms <= until_ms``, oldest first, at most ``limit``.
+
+        Read in pages of ``LEDGER_PAGE`` entries (each page one short script call), so a ledger of
+        a million events never holds Redis, or the socket timeout, for long.
+        """
         low = "-" if since_ms is None else str(since_ms)
         high = "+" if until_ms is None else str(until_ms)
-        count = "" if limit is None else str(limit)
-        rows = await self._eval("ledger_read", [f"{self._prefix}:{{ledger}}"], [low, high, count])
-        entries = []
-        for stream_id, items in rows:
-            fields = dict(zip(items[2::2], items[3::2], strict=True))
-            entries.append(LedgerEntry(items[1], int(stream_id.split("-")[0]), fields))
+        entries: list[LedgerEntry] = []
+        while limit is None or len(entries) < limit:
+            page = LEDGER_PAGE if limit is None else min(LEDGER_PAGE, limit - len(entries))
+            rows = await self._eval("ledger_read", [f"{self._prefix}:{{ledger}}"], [low, high, str(page)])
+            for stream_id, items in rows:
+                fields = dict(zip(items[2::2], items[3::2], strict=True))
+                entries.append(LedgerEntry(items[1], int(stream_id.split("-")[0]), fields))
+            if len(rows) < page:
+                break
+            low = "(" + rows[-1][0]  # exclusive: the next page starts after the last id read
         return entries
 
     # --- internals ----------------------------------------------------------------------

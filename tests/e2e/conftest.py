@@ -4,11 +4,11 @@
   failures). Tests that count requests or change its behaviour start their own
   (``with FakeProvider(...) as provider:``) or call ``fake_provider.reset()``.
 - ``proxy_factory(name, config, env=None)``: the running proxy for a config
-  name, started on first use and reused for the rest of the session; all are
-  stopped at session end. Build ``config`` dicts with ``base_config``,
+  name, started on first use and reused for the rest of the module; all are
+  stopped when the module ends (a dozen idle proxies would hold gigabytes). Build ``config`` dicts with ``base_config``,
   ``mock_deployment``, ``openai_deployment`` and ``enable_costkit`` from
   ``costkit_litellm.testing.proxy_server``.
-- ``config_writer(name, config)``: writes ``<name>.yaml`` into the session's
+- ``config_writer(name, config)``: writes ``<name>.yaml`` into the module's
   config folder and returns its path (for proxies a test starts itself).
 
 Every test collected from this folder is marked ``proxy``.
@@ -41,9 +41,9 @@ def fake_provider() -> Iterator[FakeProvider]:
         yield provider
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyPool]:
-    """Start-once-per-session proxies by config name, all stopped at session end."""
+    """Start-once-per-module proxies by config name, all stopped when the module ends (bounded memory)."""
     pool = ProxyPool(tmp_path_factory.mktemp("proxy-configs"))
     try:
         yield pool
@@ -51,7 +51,7 @@ def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyPoo
         pool.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def config_writer(proxy_factory: ProxyPool) -> Callable[[str, Mapping[str, Any]], Path]:
-    """Writes ``<name>.yaml`` into the session's config folder and returns its path."""
+    """Writes ``<name>.yaml`` into the module's config folder and returns its path."""
     return proxy_factory.write_config

@@ -183,3 +183,15 @@ class TestKeys:
         listed = await store.list_limits("budget:user:")
         assert sorted(u.key for u in listed) == sorted(keys)
         assert {(u.committed, u.reserved) for u in listed} == {(7, 0)}
+
+
+class TestLedgerPaging:
+    async def test_large_ledger_reads_in_pages_in_order(self, make_redis_store):
+        """2,500 entries read back completely, in order, across pages, also with a limit spanning pages."""
+        store = await make_redis_store(socket_timeout_s=5.0)
+        for i in range(2500):
+            await store.ledger_append(f"e{i}", {"i": str(i)})
+        entries = await store.ledger_read()
+        assert [e.fields["i"] for e in entries] == [str(i) for i in range(2500)]
+        limited = await store.ledger_read(limit=1500)
+        assert [e.entry_id for e in limited] == [f"e{i}" for i in range(1500)]
