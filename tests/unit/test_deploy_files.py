@@ -1,14 +1,21 @@
-"""deploy/: the compose file, Dockerfile and Prometheus config refer to things that exist.
+"""deploy/: the compose file, Dockerfile, Prometheus config, alert rules and Grafana dashboard.
 
 Docker cannot run in the test environment, so these checks read the files: every host path
-a service uses exists, ports are sane, and Prometheus scrapes the litellm service.
+a service uses exists, ports are sane, Prometheus scrapes the litellm service, promtool accepts
+the config and the rules and passes the rules' unit tests, and every PromQL expression of the
+dashboard parses and queries only metrics the pack exports. promtool comes from Debian's
+``prometheus`` package (``make prometheus-tools``); without it these tests fail under CI and
+skip elsewhere.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,41 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "costkit-dashboard.json"
+
+# Every series the pack exports (costkit_litellm/accounting/metrics.py).
+COSTKIT_SERIES = {
+    "costkit_spend_usd_total",
+    "costkit_tokens_total",
+    "costkit_requests_total",
+    "costkit_saved_usd_total",
+    "costkit_cache_requests_total",
+    "costkit_request_cost_usd_bucket",
+    "costkit_request_cost_usd_sum",
+    "costkit_request_cost_usd_count",
+    "costkit_budget_remaining_usd",
+    "costkit_budget_rejections_total",
+    "costkit_budget_alerts_total",
+    "costkit_budget_downgrades_total",
+    "costkit_circuit_breaks_total",
+    "costkit_store_errors_total",
+}
+PROMQL_FUNCTIONS = {
+    # aggregations
+    "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile",
+    "count_values",
+    # functions
+    "abs", "absent", "absent_over_time", "avg_over_time", "ceil", "changes", "clamp", "clamp_max",
+    "clamp_min", "count_over_time", "delta", "deriv", "exp", "floor", "histogram_quantile", "idelta",
+    "increase", "irate", "label_join", "label_replace", "last_over_time", "ln", "log10", "log2",
+    "max_over_time", "min_over_time", "predict_linear", "quantile_over_time", "rate", "resets",
+    "round", "scalar", "sort", "sort_desc", "sqrt", "sum_over_time", "time", "timestamp", "vector",
+}  # fmt: skip
+_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or"}
+_PROMQL_KEYWORDS |= {"unless", "inf", "nan", "atan2"}
 
 
 def _compose() -> dict[str, Any]:
@@ -66,6 +108,85 @@ def _scrape_targets() -> list[str]:
         for static in job.get("static_configs", [])
         for target in static["targets"]
     ]
+
+
+def _promtool() -> str:
+    """promtool's path; missing: a failure under CI (it must be installed), a skip elsewhere."""
+    found = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").is_file() else None)
+    if found is not None:
+        return found
+    reason = "promtool missing (Debian package `prometheus`; `make prometheus-tools` installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (function names, label names, keywords and
+    Grafana variables left out); raises ValueError on an unknown function."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals (label values, regexes)
+    text = re.sub(r"\$\{?\w+\}?", "1", text)  # Grafana variables outside strings ($__range in [...])
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery selectors
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names: set[str] = set()
+    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", text):
+        word = match.group()
+        if word.lower() in _PROMQL_KEYWORDS:
+            continue
+        if text[match.end() :].lstrip().startswith("("):
+            if word not in PROMQL_FUNCTIONS:
+                raise ValueError(f"unknown PromQL function {word!r} in {expr!r}")
+        else:
+            names.add(word)
+    return names
+
+
+def _balanced(expr: str) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for char in re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr):
+        if char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title + refId, expr) of every query target in the dashboard."""
+    return [
+        (f"{panel.get('title')} {target.get('refId')}", target["expr"])
+        for panel in _panels(_dashboard()["panels"])
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+
+
+def _as_plain_promql(expr: str) -> str:
+    """A dashboard expression with Grafana's variables replaced, as Prometheus would get it."""
+    expr = re.sub(r"\$__(?:rate_interval|interval|range)\b", "5m", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 class TestCompose:
@@ -153,14 +274,182 @@ class TestPrometheus:
 
     def test_promtool_accepts_the_config(self) -> None:
         """promtool check config accepts prometheus.yml (syntax only: secrets exist in the container)."""
-        promtool = shutil.which("promtool")
-        if promtool is None:
-            pytest.skip("promtool not on PATH (Debian package `prometheus`)")
-        result = subprocess.run(
-            [promtool, "check", "config", "--syntax-only", str(PROMETHEUS)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _run_promtool("check", "config", "--syntax-only", str(PROMETHEUS))
         assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_promtool_accepts_the_config_with_its_rules(self, tmp_path: Path) -> None:
+        """A full promtool check config passes on a copy whose credentials file exists: the rule files load."""
+        config = yaml.safe_load(PROMETHEUS.read_text())
+        assert config["rule_files"] == ["alerts.yml"]
+        token = tmp_path / "token"
+        token.write_text("sk-test\n")
+        for job in config["scrape_configs"]:
+            if "credentials_file" in job.get("authorization", {}):
+                job["authorization"]["credentials_file"] = str(token)
+        config["rule_files"] = [str(PROMETHEUS.parent / name) for name in config["rule_files"]]
+        copy = tmp_path / "prometheus.yml"
+        copy.write_text(yaml.safe_dump(config))
+        result = _run_promtool("check", "config", str(copy))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+
+    def test_compose_mounts_the_rule_files_where_the_config_names_them(self) -> None:
+        """Each rule file prometheus.yml loads is mounted beside it in the prometheus container."""
+        mounts = {container: host for host, container in _bind_mounts(_services()["prometheus"])}
+        config_dir = Path(mounts_of_config := "/etc/prometheus/prometheus.yml").parent
+        assert mounts_of_config in mounts
+        for name in yaml.safe_load(PROMETHEUS.read_text())["rule_files"]:
+            host = mounts[str(config_dir / name)]
+            assert (DEPLOY / host).resolve() == (PROMETHEUS.parent / name).resolve()
+
+
+class TestAlertRules:
+    def test_promtool_check_rules(self) -> None:
+        """promtool check rules accepts alerts.yml."""
+        result = _run_promtool("check", "rules", str(ALERTS))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_promtool_rule_unit_tests_pass(self) -> None:
+        """promtool test rules passes alerts_test.yml: each alert fires on its input series and not on the others."""
+        result = _run_promtool("test", "rules", str(ALERTS_TEST))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_every_alert_has_a_firing_and_a_quiet_test(self) -> None:
+        """alerts_test.yml checks every alert at least once firing and once not firing."""
+        firing: set[str] = set()
+        quiet: set[str] = set()
+        for test in yaml.safe_load(ALERTS_TEST.read_text())["tests"]:
+            for check in test.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+        names = {rule["alert"] for rule in _alert_rules()}
+        assert names == firing, names ^ firing
+        assert names == quiet, names ^ quiet
+
+    def test_the_wanted_alerts_exist(self) -> None:
+        """Budget burn, spend spike, cache collapse, breaker trips, rejection surge and store errors are covered."""
+        rules = {rule["alert"]: rule["expr"] for rule in _alert_rules()}
+        assert "costkit_budget_remaining_usd" in rules["CostkitBudgetExhaustionSoon"]
+        assert "offset 1d" in rules["CostkitSpendSpike"]
+        assert "costkit_cache_requests_total" in rules["CostkitCacheHitRateCollapse"]
+        assert "costkit_circuit_breaks_total" in rules["CostkitCircuitTripped"]
+        assert "costkit_budget_rejections_total" in rules["CostkitBudgetRejectionsSurge"]
+        assert "costkit_store_errors_total" in rules["CostkitStoreErrors"]
+
+    def test_rules_query_only_exported_metrics_and_say_why(self) -> None:
+        """Every rule selects only costkit_* series the pack exports and has a severity and a summary."""
+        for rule in _alert_rules():
+            names = metric_names(rule["expr"])
+            assert names and names <= COSTKIT_SERIES, (rule["alert"], names - COSTKIT_SERIES)
+            assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+            assert rule["annotations"]["summary"]
+
+
+class TestDashboard:
+    def test_parses_with_a_prometheus_datasource_variable(self) -> None:
+        """The dashboard JSON parses, is schema 39, and every panel queries through a Prometheus datasource variable."""
+        dashboard = _dashboard()
+        assert 36 <= dashboard["schemaVersion"] <= 41
+        assert dashboard["uid"] and dashboard["title"]
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for panel in _panels(dashboard["panels"]):
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+    def test_layout(self) -> None:
+        """Panel ids are unique and every panel fits the 24-column grid."""
+        panels = list(_panels(_dashboard()["panels"]))
+        ids = [panel["id"] for panel in panels]
+        assert len(ids) == len(set(ids))
+        for panel in panels:
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+
+    def test_queries_only_exported_metrics(self) -> None:
+        """Every expr and variable query in the dashboard selects only costkit_* series the pack exports."""
+        exprs = _dashboard_exprs()
+        assert len(exprs) >= 20
+        for where, expr in exprs:
+            assert _balanced(expr), where
+            names = metric_names(expr)
+            assert names and names <= COSTKIT_SERIES, (where, names - COSTKIT_SERIES)
+        for variable in _dashboard()["templating"]["list"]:
+            if variable["type"] == "query":
+                match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
+                assert match and match[1] in COSTKIT_SERIES, variable["definition"]
+
+    def test_covers_the_finops_questions(self) -> None:
+        """Spend by feature, team and model (rate and increase), savings by source, cache hit rate,
+        budget remaining, rejections, circuit trips, cost quantiles and tokens each have a query."""
+        exprs = [expr for _, expr in _dashboard_exprs()]
+
+        def some(*parts: str) -> bool:
+            return any(all(part in expr for part in parts) for expr in exprs)
+
+        for label in ("feature", "team", "model"):
+            assert some(f"sum by ({label}) (rate(costkit_spend_usd_total"), label
+            assert some(f"sum by ({label}) (increase(costkit_spend_usd_total"), label
+        assert some("sum by (source)", "costkit_saved_usd_total")
+        assert some('costkit_cache_requests_total{result="hit"}', 'result=~"hit|miss"')
+        assert some("costkit_budget_remaining_usd")
+        assert some("sum by (budget, reason)", "costkit_budget_rejections_total")
+        assert some("costkit_circuit_breaks_total")
+        assert some("histogram_quantile(0.95", "costkit_request_cost_usd_bucket", "le")
+        assert some("costkit_tokens_total", "direction")
+
+    def test_every_expression_parses(self, tmp_path: Path) -> None:
+        """Every dashboard expression (Grafana variables filled in) is valid PromQL: promtool loads them as rules."""
+        rules = [
+            {"record": f"costkit_dashboard:expr_{i}", "expr": _as_plain_promql(expr)}
+            for i, (_, expr) in enumerate(_dashboard_exprs())
+        ]
+        path = tmp_path / "dashboard_rules.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        result = _run_promtool("check", "rules", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"SUCCESS: {len(rules)} rules found" in result.stdout + result.stderr
+
+    def test_metric_name_check_catches_mistakes(self) -> None:
+        """The name check itself rejects a misspelt metric and an unknown function and ignores labels and variables."""
+        assert metric_names('sum by (feature) (rate(costkit_spend_usd_total{model=~"$model"}[$__rate_interval]))') == {
+            "costkit_spend_usd_total"
+        }
+        assert metric_names("rate(costkit_spend_usd[5m]) offset 1d * 1e-9") == {"costkit_spend_usd"}
+        with pytest.raises(ValueError, match="ratee"):
+            metric_names("ratee(costkit_spend_usd_total[5m])")
+        assert not _balanced("sum(rate(x[5m])")
+
+
+class TestGrafana:
+    def test_compose_runs_grafana_11_with_provisioning_and_dashboard(self) -> None:
+        """The grafana service runs Grafana 11 with the provisioning folders and the dashboard mounted."""
+        service = _services()["grafana"]
+        assert re.fullmatch(r"grafana/grafana:11\.\d+\.\d+", service["image"])
+        mounts = dict(_bind_mounts(service))
+        assert mounts["./grafana/provisioning/datasources"] == "/etc/grafana/provisioning/datasources"
+        assert mounts["./grafana/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+        assert mounts["./grafana/costkit-dashboard.json"].endswith(".json")
+        for host, _container in _bind_mounts(service):
+            assert (DEPLOY / host).exists(), host
+
+    def test_datasource_points_at_the_prometheus_service(self) -> None:
+        """The provisioned datasource is a Prometheus at the compose service's port."""
+        sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+        (source,) = sources["datasources"]
+        assert source["type"] == "prometheus"
+        port = _published_ports(_services()["prometheus"])[0][1]
+        assert source["url"] == f"http://prometheus:{port}"
+
+    def test_dashboard_provider_reads_the_mounted_dashboard(self) -> None:
+        """The dashboard provider's folder is where compose mounts costkit-dashboard.json."""
+        providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "costkit.yml").read_text())
+        (provider,) = providers["providers"]
+        assert provider["type"] == "file"
+        mounted = dict(_bind_mounts(_services()["grafana"]))["./grafana/costkit-dashboard.json"]
+        assert str(Path(mounted).parent) == provider["options"]["path"]
