@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from costkit_litellm.cache.cli import add_cache_parser, run_cache
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.redact import mask_url
+from costkit_litellm.routing.cli import add_router_parser, run_router
 from costkit_litellm.store import StoreError
 
 CALLBACK_PATH = "costkit_litellm.litellm_adapter.proxy.costkit_callback"
@@ -234,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", default=None, help="read a JSONL export (costkit ledger --format jsonl) instead of Redis"
     )
     rep.add_argument("--plot", default=None, help="write spend over time by group to this PNG")
+    add_router_parser(sub)
+    add_cache_parser(sub)
     bud = sub.add_parser("budgets", help="show, set, unset or reset budgets at runtime (needs costkit.redis_url)")
     bud_sub = bud.add_subparsers(dest="action", required=True)
     show = bud_sub.add_parser("show", help="spend, holds and limits of every live budget window")
@@ -270,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return budgets(args)
     if args.command == "report":
         return report(args)
+    if args.command == "router":
+        return run_router(args)
+    if args.command == "cache":
+        return run_cache(args)
     return 2  # unreachable: argparse requires a command
 
 

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from costkit_litellm.accounting.config import LedgerConfig, RevenueConfig
 from costkit_litellm.budgets.config import BreakerConfig, BudgetConfig, BudgetSettings
+from costkit_litellm.cache.config import CacheConfig
 from costkit_litellm.config_base import NonNegativeUsd, Section
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.redact import mask_url
@@ -128,6 +129,8 @@ class CostKitConfig(Section):
     """How budgets are enforced."""
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     """The agent circuit breaker."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    """The semantic cache (see the README's cache section)."""
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     """Tiered routing behind a virtual model, with cascades."""
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)

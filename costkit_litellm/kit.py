@@ -92,8 +92,8 @@ class CostKit:
         if self.config.routing.enabled:
             self.stages.append(self._routing_stage())
         if self.config.cache.enabled:  # after routing (keys on the routed model), before budgets (a hit holds nothing)
-            self.stages.append(
-                CacheStage(
+            try:
+                cache = CacheStage(
                     self.config.cache,
                     store_url=self.config.redis_url,
                     prefix=self.config.key_prefix,
@@ -101,7 +101,9 @@ class CostKit:
                     metrics=self.metrics,
                     pricing=lambda: self.pricing,
                 )
-            )
+            except ConfigError as exc:
+                raise ConfigError(exc.problems, exc.source or self.source) from None
+            self.stages.append(cache)
         if self.config.budgets or self.config.breaker.enabled:
             policy = BudgetPolicy(self.config.budgets, settings, clock)
             self.stages.append(
@@ -206,9 +208,13 @@ class CostKit:
         log.info("costkit: metrics on port %d", port)
 
     async def close(self) -> None:
-        """Flush the webhook queue (briefly) and release the store."""
+        """Flush the webhook queue (briefly), close the stages that hold connections, release the store."""
         if self.webhook is not None:
             await self.webhook.close()
+        for stage in self.stages:
+            closer = getattr(stage, "close", None)
+            if callable(closer):
+                await closer()
         await self.store.close()
         self._started = None
 

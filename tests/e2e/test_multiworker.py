@@ -212,24 +212,20 @@ class TestTwoWorkers:
         assert len(seen) == 1, seen
 
 
-@pytest.mark.xfail(
-    reason=(
-        "pack bug: costkit_litellm/kit.py CostKit._start calls prometheus_client.start_http_server(metrics.port) "
-        "in every worker; the second worker's bind raises OSError (Address already in use), which "
-        "async_pre_call_hook turns into HTTP 500 for every request that worker takes (the failed start is "
-        "cached in CostKit._started). Without LiteLLM's prometheus callback there is no PROMETHEUS_MULTIPROC_DIR, "
-        "so the port would serve one worker's counters anyway."
-    ),
-    strict=False,
-)
 def test_own_metrics_port_with_two_workers(
     fake_provider: FakeProvider, config_writer: Callable[[str, Mapping[str, Any]], Path]
 ) -> None:
-    """With costkit.metrics.port and two workers, every request is answered and the port serves all workers' spend."""
+    """With metrics.port, two workers and a multiprocess dir: every request answered, all workers' spend served."""
     port = free_port()
     config = base_config([openai_deployment("gpt-4o-mini", fake_provider.base_url)])
     path = config_writer("multiworker-own-port", enable_costkit(config, {"metrics": {"port": port}}))
-    server = ProxyServer(path, extra_args=("--num_workers", "2", "--timeout_worker_healthcheck", "120"))
+    multiproc = path.parent / "own-port-multiproc"
+    multiproc.mkdir(exist_ok=True)
+    server = ProxyServer(
+        path,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+        extra_args=("--num_workers", "2", "--timeout_worker_healthcheck", "120"),
+    )
     server.start(timeout_s=240)
     try:
         statuses = []

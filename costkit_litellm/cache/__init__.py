@@ -1,0 +1,1 @@
+"""Semantic cache: scope keys, verification, backends."""

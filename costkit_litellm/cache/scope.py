@@ -1,0 +1,266 @@
+"""What may be cached, and under which keys: pure rules, plus the types every cache backend shares.
+
+A request is cacheable only when its answer is a function of the request: ``temperature: 0``
+sent explicitly (an omitted temperature is 1.0 at OpenAI), one choice, no tools (unless allowed),
+not streamed (a hit is never replayed as a stream: streaming requests are skipped), no client
+opt-out, text-only last user message, and a value for the tenant scope. Otherwise the decision is
+a ``skip`` with a short reason (a bounded set, fit for logs and tests).
+
+Keys (hex SHA-256, never raw text)::
+
+    tenant   = H(scope name, scope value)                          e.g. team "t-42"
+    scope    = H(tenant, model group, embedder, sampling params,   every entry lives in one scope;
+               the conversation without its last user message)     lookups never leave it
+    entry id = H(scope, last user message)                         the exact key
+
+The conversation context (system prompt, earlier turns, anything after the last user message)
+is part of the scope, so "and in French?" after two different questions never shares an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from costkit_litellm.cache.config import CacheConfig
+from costkit_litellm.context import RequestContext
+from costkit_litellm.embeddings import Vectors
+from costkit_litellm.errors import CostKitError
+
+KEY_VERSION = "1"
+"""Bumped when the key derivation changes: old entries then simply stop matching."""
+
+SKIP_REASONS = (
+    "disabled_by_client",
+    "stream",
+    "n",
+    "temperature",
+    "tools",
+    "model_group",
+    "no_user_message",
+    "non_text_content",
+    "no_scope_value",
+)
+_LAST_USER = "\x00costkit:last-user\x00"
+
+
+class CacheError(CostKitError):
+    """The cache backend failed (the stage logs it and answers ``skip``: a cache error never fails a request)."""
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKeys:
+    """Where a cacheable request is looked up and stored."""
+
+    scope: str
+    tenant: str
+    entry_id: str
+    text: str
+    """The last user message (stripped): what is embedded and verified."""
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Either the keys of a cacheable request or the reason it is skipped."""
+
+    keys: CacheKeys | None = None
+    skip: str | None = None
+
+
+def _digest(*parts: str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogatepass"))
+        hasher.update(b"\x1f")
+    return hasher.hexdigest()
+
+
+def tenant_tag(scope: str, value: str) -> str:
+    """The tenant of an entry: ``scope`` (``team``...) and its value, hashed (``costkit cache clear --scope``)."""
+    return _digest("tenant", scope, value)[:32]
+
+
+def parse_tenant(spec: str) -> str:
+    """``global`` or ``<scope>:<value>`` (``team:t-42``, ``user:alice``) as a tenant tag; ValueError if malformed."""
+    if spec == "global":
+        return tenant_tag("global", "*")
+    scope, sep, value = spec.partition(":")
+    if not sep or not value or scope not in ("team", "api_key", "user", "end_user"):
+        raise ValueError(f"{spec!r} is not a cache scope: use global or team:, api_key:, user:, end_user:<value>")
+    return tenant_tag(scope, value)
+
+
+def _clean(value: Any) -> Any:
+    """A message without empty fields, so ``{"name": None}`` and no ``name`` hash alike."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items() if v not in (None, "", [], {})}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _last_user(messages: Sequence[Any]) -> tuple[int, str | None]:
+    """Index and text of the last user message; text None when it has non-text parts."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return index, content
+            if isinstance(content, list) and all(
+                isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                return index, "\n".join(str(p["text"]) for p in content)
+            return index, None
+    return -1, None
+
+
+def context_hash(messages: Sequence[Any], last_user: int) -> str:
+    """The conversation with its last user message replaced by a marker, hashed."""
+    shown = [_LAST_USER if i == last_user else _clean(m) for i, m in enumerate(messages)]
+    return _digest("context", _canonical(shown))
+
+
+def skip_reason(context: RequestContext, model: str, config: CacheConfig) -> str | None:
+    """Why a request may not use the cache (None: it may), from its context alone."""
+    params = context.params
+    if context.no_cache:
+        return "disabled_by_client"
+    if params.stream:
+        return "stream"
+    if params.n != 1:
+        return "n"
+    if params.temperature != 0 and not config.allow_nonzero_temperature:
+        return "temperature"
+    if params.tools is not None and not config.allow_tools:
+        return "tools"
+    if config.model_groups and model not in config.model_groups and context.model not in config.model_groups:
+        return "model_group"
+    return None
+
+
+def decide(
+    context: RequestContext, messages: Sequence[Any], model: str, config: CacheConfig, embedder: str
+) -> Decision:
+    """The cache keys of a request, or why it is skipped. ``model`` is the group it will go to."""
+    reason = skip_reason(context, model, config)
+    if reason is not None:
+        return Decision(skip=reason)
+    index, text = _last_user(messages)
+    if index < 0:
+        return Decision(skip="no_user_message")
+    if text is None:
+        return Decision(skip="non_text_content")
+    value = context.scope_value(config.scope)
+    if value is None:
+        return Decision(skip="no_scope_value")
+    tenant = tenant_tag(config.scope, value)
+    params = context.params
+    sampling = {
+        "temperature": params.temperature if config.allow_nonzero_temperature else 0,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "stop": list(params.stop),
+        "n": params.n,
+        "seed": params.seed,
+        "response_format": params.response_format,
+        "tools": params.tools,
+        "tool_choice": params.tool_choice if params.tools is not None else None,
+    }
+    scope = _digest("scope", KEY_VERSION, tenant, model, embedder, _canonical(sampling), context_hash(messages, index))
+    text = text.strip()
+    return Decision(
+        keys=CacheKeys(scope=scope, tenant=tenant, entry_id=_digest("entry", scope, text), text=text, model=model)
+    )
+
+
+# --------------------------------------------------------------------------- what backends store
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored answer."""
+
+    entry_id: str
+    scope: str
+    tenant: str
+    text: str
+    response: Mapping[str, Any]
+    """The provider's answer as an OpenAI chat completion dict."""
+    cost_nano: int | None
+    """What the original call cost: each hit saves this much."""
+    model: str
+    stored_at: float
+    vector: Vectors | None = field(default=None, compare=False)
+    """The last user message's embedding; None for entries kept for exact lookups only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A vector-lookup result within a scope."""
+
+    entry: CacheEntry
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What ``costkit cache stats`` prints."""
+
+    backend: str
+    entries: int
+    hits: int
+    misses: int
+    skips: int
+    saved_nano: int
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over cacheable lookups (hits + misses); skips are not lookups."""
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+class CacheBackend(Protocol):
+    """Where entries live: in process (``MemoryCache``) or in Redis with vector search (``RedisCache``).
+
+    Both pass one contract suite. Entries expire ``ttl_s`` after they were stored (hits do not
+    refresh them); beyond ``max_entries`` the oldest are evicted. Errors leave as ``CacheError``.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect (no-op in process); lookups also start lazily."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def get(self, entry_id: str) -> CacheEntry | None:
+        """The live entry with this exact key."""
+
+    async def search(self, scope: str, vector: Vectors, k: int, min_similarity: float) -> list[Candidate]:
+        """Up to ``k`` live entries of ``scope`` with cosine similarity >= ``min_similarity``, most similar first."""
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Store (or replace) an entry, then evict the oldest beyond the cap."""
+
+    async def count(self, status: str, saved_nano: int = 0) -> None:
+        """Count a request's cache result (``hit``, ``miss``, ``skip``) for ``stats``."""
+
+    async def stats(self) -> CacheStats:
+        """Entries, results counted so far and dollars saved."""
+
+    async def clear(self, tenant: str | None = None) -> int:
+        """Remove every entry (or a tenant's); returns how many were removed."""
