@@ -21,7 +21,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[local-embeddings]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

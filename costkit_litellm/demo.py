@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -132,6 +133,32 @@ async def _drive(base_url: str, key: str) -> list[tuple[str, str, Decimal, Decim
     return results
 
 
+async def _routing_and_cache(base_url: str, key: str) -> list[tuple[str, dict[str, str]]]:
+    """The virtual model 'auto', and a question asked twice in other words (temperature 0)."""
+    asks: list[tuple[str, dict[str, Any]]] = [
+        ("auto: a simple question", {"model": "auto", "content": "What is the capital of France?"}),
+        ("auto: a hard question", {"model": "auto", "content": "Prove step by step that sqrt(2) is irrational."}),
+        ("cache: first ask", {"model": "gpt-4o-mini", "temperature": 0, "content": "How do I reset my password?"}),
+        (
+            "cache: same, reworded",
+            {"model": "gpt-4o-mini", "temperature": 0, "content": "How can I reset my password?"},
+        ),
+    ]
+    shown = []
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        for label, ask in asks:
+            body = {k: v for k, v in ask.items() if k != "content"}
+            body["messages"] = [{"role": "user", "content": ask["content"]}]
+            response = await client.post("/v1/chat/completions", json={**body, "max_tokens": 100})
+            response.raise_for_status()
+            headers = {k: v for k, v in response.headers.items() if k in _SHOWN}
+            shown.append((label, headers))
+    return shown
+
+
+_SHOWN = ("x-costkit-tier", "x-costkit-cache", "x-costkit-cache-similarity", "x-costkit-cost-usd")
+
+
 async def _runaway_agent(base_url: str, key: str) -> list[tuple[int, str]]:
     """An agent that keeps calling the same search tool: the breaker stops it at the third call."""
     headers = {"Authorization": f"Bearer {key}", "x-costkit-session": "demo-agent-" + secrets.token_hex(4)}
@@ -240,6 +267,9 @@ def start(config: str, port: int | None) -> None:
         f"\ncheck: metrics total ${metric_total:.9f}, headers total ${total:.9f}, "
         f"LiteLLM's own x-litellm-response-cost total ${litellm_total:.9f}"
     )
+    print("\nrouting and the semantic cache:")
+    for label, headers in asyncio.run(_routing_and_cache(base_url, key)):
+        print(f"  {label:<24} " + "  ".join(f"{k.removeprefix('x-costkit-')}={v}" for k, v in headers.items()))
     print("\na runaway agent searching for 'python' again and again (breaker: loop_threshold 3):")
     for step, (status, detail) in enumerate(asyncio.run(_runaway_agent(base_url, key)), start=1):
         print(f"  step {step}: HTTP {status} {detail}")

@@ -5,16 +5,17 @@ same vector the semantic cache uses, so one embedding per request) followed by o
 features of the text (``log_chars``: log of the prompt length), standardised with the training
 mean and scale stored in the model file.
 
-**Model.** A stack of dense layers read from JSON: one layer with a sigmoid output is a logistic
-regression; a hidden ReLU layer in front makes a small MLP. The output is the probability-like
-score that the premium tier is needed.
+**Model.** A stack of dense layers read from JSON; the output is the score that the premium
+tier is needed, in [0, 1]. One sigmoid layer is a logistic regression; ``train`` writes two
+logistic heads (P(premium right), P(economy right)) as a hidden layer of two sigmoid units and a
+sigmoid output on their difference. A hidden ReLU layer would make a small MLP.
 
 **Model file.** JSON, never pickle::
 
     {"format": "costkit-router-model", "version": 1,
      "embedder": "local/all-MiniLM-L6-v2", "dimensions": 384,
      "extra_features": ["log_chars"], "extra_mean": [...], "extra_scale": [...],
-     "layers": [{"weights": [[...], ...], "bias": [...], "activation": "sigmoid"}],
+     "layers": [{"weights": [[...], ...], "bias": [...], "activation": "sigmoid"}, ...],
      "thresholds": {"default": 0.41, "target_premium_share": null,
                     "quality_95": 0.41, "by_premium_share": {"0.10": 0.62, ...}},
      "training": {...metadata: rows, seed, label, l2, inner-CV APGR, created...}}
