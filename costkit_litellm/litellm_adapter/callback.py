@@ -118,7 +118,7 @@ class CostKitCallback(CustomLogger):
         self._router = router or _proxy_router
         self.prices = LiteLLMPriceSource(self._router)
         kit.set_price_source(self.prices)
-        kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, router or _proxy_router))
+        kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, self._router))
 
     # --- before the call ----------------------------------------------------------------
     async def admit(self, data: dict[str, Any]) -> Admission:
