@@ -117,7 +117,9 @@ class TestRecord:
             await kit.record(outcome(f"c{i}", 13_501))
         entries = await kit.store.ledger_read()
         assert sum(int(e.fields["costkit.cost_nano"]) for e in entries) == 13_501_000
-        spend = registry.get_sample_value("costkit_spend_usd_total", {"model": "mini", "tier": "none", "feature": "chat"})
+        spend = registry.get_sample_value(
+            "costkit_spend_usd_total", {"model": "mini", "tier": "none", "feature": "chat"}
+        )
         assert spend is not None and abs(spend - 0.013501) < 1e-9
         await kit.close()
 
