@@ -8,6 +8,7 @@ a ``PriceSource``. Nothing here does I/O until ``start()`` (called lazily on fir
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import time
@@ -39,6 +40,18 @@ log = logging.getLogger(__name__)
 
 HEADER_MAX_COST = "x-costkit-max-cost-usd"
 HEADER_COST = "x-costkit-cost-usd"
+
+
+def _check_local_embedder(name: str, source: str | None) -> None:
+    """The local embedder needs its optional extra: say so at start-up rather than skip every request."""
+    if name == LOCAL_MINILM and importlib.util.find_spec("sentence_transformers") is None:
+        raise ConfigError(
+            [
+                f"costkit.cache.embedding_model: {LOCAL_MINILM} needs the optional extra "
+                "(pip install 'costkit-litellm[local-embeddings]'), or name a LiteLLM embedding model"
+            ],
+            source,
+        )
 
 
 class CostKit:
@@ -92,6 +105,7 @@ class CostKit:
         if self.config.routing.enabled:
             self.stages.append(self._routing_stage())
         if self.config.cache.enabled:  # after routing (keys on the routed model), before budgets (a hit holds nothing)
+            _check_local_embedder(self.config.cache.embedding_model, self.source)
             try:
                 cache = CacheStage(
                     self.config.cache,

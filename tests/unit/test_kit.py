@@ -148,3 +148,18 @@ class TestRecord:
         await kit.record(outcome("c1", 7))
         assert [e.entry_id for e in await kit.store.ledger_read()] == ["c1:failure", "c1:success"]
         await kit.close()
+
+
+class TestStartupChecks:
+    def test_local_embedder_without_its_extra_fails_at_startup(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A cache on the local MiniLM without sentence-transformers installed fails naming the key and the extra."""
+        import importlib.util
+
+        from costkit_litellm.errors import ConfigError
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else real(name, *a)
+        )
+        with pytest.raises(ConfigError, match=r"costkit\.cache\.embedding_model: .*local-embeddings"):
+            CostKit(parse_config({"cache": {"enabled": True}}), store=MemoryStore(), registry=CollectorRegistry())
