@@ -25,7 +25,7 @@ from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
 from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy
 from costkit_litellm.errors import RequestAnswered, RequestRejected
-from costkit_litellm.money import format_usd, format_usd_short, usd_to_nano
+from costkit_litellm.money import format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.pricing import Pricing
 from costkit_litellm.redact import mask_url
@@ -275,11 +275,3 @@ class BudgetStage:
     def _count_rejection(self, budget: str, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.rejected(budget, reason)
-
-
-def describe_budget(applied: AppliedBudget, usage: LimitUsage) -> str:
-    """One line for the CLI: name, who, spent of limit."""
-    return (
-        f"{applied.budget.name} {applied.who()}: {format_usd_short(usage.committed)} of "
-        f"{format_usd_short(applied.limit)} ({applied.budget.window})"
-    )
