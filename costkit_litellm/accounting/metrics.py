@@ -14,6 +14,7 @@ so two kits in one process (or a re-built callback) never register twice.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from costkit_litellm.accounting.events import UsageEvent
 
 COST_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-_BY_REGISTRY: dict[int, CostKitMetrics] = {}
+# Keyed by the registry itself (weakly): an id() key could be reused by a later registry.
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, CostKitMetrics] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -115,10 +117,10 @@ class CostKitMetrics:
         if registry is None:
             return cls(tag_labels, max_label_values, None, max_remaining_series)
         with _LOCK:
-            existing = _BY_REGISTRY.get(id(registry))
+            existing = _BY_REGISTRY.get(registry)
             if existing is None:
                 existing = cls(tag_labels, max_label_values, registry, max_remaining_series)
-                _BY_REGISTRY[id(registry)] = existing
+                _BY_REGISTRY[registry] = existing
             return existing
 
     # --- accounting ---------------------------------------------------------------------

@@ -100,3 +100,20 @@ class TestCostKitMetrics:
             metrics.budget_remaining("daily", value, 10**9)
         assert registry.get_sample_value("costkit_budget_remaining_usd", {"budget": "daily", "value": "b"}) == 1.0
         assert registry.get_sample_value("costkit_budget_remaining_usd", {"budget": "daily", "value": "c"}) is None
+
+    def test_a_new_registry_gets_its_own_metrics(self) -> None:
+        """A registry created after another was dropped never inherits the dropped one's metrics."""
+        import gc
+
+        for _ in range(20):
+            registry = CollectorRegistry()
+            metrics = CostKitMetrics.for_registry([], registry=registry)
+            metrics.record(event(None))
+            assert (
+                registry.get_sample_value(
+                    "costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success"}
+                )
+                == 1
+            )
+            del registry, metrics
+            gc.collect()
