@@ -234,6 +234,15 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else _EMPTY
 
 
+def request_metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metadata of a request dict (``metadata``, or ``litellm_metadata`` on some routes); empty if none."""
+    for key in ("metadata", "litellm_metadata"):
+        value = data.get(key)
+        if isinstance(value, Mapping) and value:
+            return value
+    return _EMPTY
+
+
 def _header(headers: Mapping[str, Any], name: str) -> Any:
     wanted = name.lower()
     for key, value in headers.items():
@@ -254,7 +263,7 @@ def _user(reader: _Reader, client: Mapping[str, Any], key_user: Any) -> str | No
 def from_request(data: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:
     """Parse LiteLLM's pre-call request ``data``; raises ``BadRequestMetadata`` on bad metadata."""
     reader = _Reader(limits or RequestConfig(), strict=True)
-    metadata = _mapping(data.get("metadata")) or _mapping(data.get("litellm_metadata"))
+    metadata = request_metadata(data)
     # On the proxy, what the client sent is kept apart from what the proxy added.
     client = _mapping(metadata.get("requester_metadata")) if "requester_metadata" in metadata else metadata
     headers = _mapping(metadata.get("headers")) or _mapping(_mapping(data.get("proxy_server_request")).get("headers"))

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from costkit_litellm.budgets.config import BudgetConfig
-from costkit_litellm.budgets.policy import BUDGET_KEY_PREFIX, RUNTIME_MAP, BudgetPolicy, budget_key, runtime_field
+from costkit_litellm.budgets.policy import (
+    BUDGET_KEY_PREFIX,
+    RUNTIME_MAP,
+    BudgetPolicy,
+    budget_key,
+    parse_runtime_limits,
+    runtime_field,
+)
 from costkit_litellm.budgets.windows import slot
 from costkit_litellm.config import CostKitConfig
 from costkit_litellm.errors import CostKitError
@@ -59,7 +66,7 @@ class BudgetAdmin:
     async def runtime(self) -> dict[str, int]:
         """Caps set at runtime, by map field."""
         raw = await self.store.map_get_all(RUNTIME_MAP)
-        return {k: int(v) for k, v in raw.items() if v.lstrip("-").isdigit()}
+        return parse_runtime_limits(raw)
 
     def _source(self, budget: BudgetConfig, value: str, runtime: dict[str, int]) -> str:
         if runtime_field(budget.name, value) in runtime or runtime_field(budget.name) in runtime:

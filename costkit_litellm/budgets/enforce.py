@@ -23,7 +23,7 @@ from typing import Any
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
-from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy
+from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy, parse_runtime_limits
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome
@@ -80,7 +80,7 @@ class BudgetStage:
         now = time.monotonic()
         if now - self._runtime_read_at >= self.settings.runtime_refresh_s:
             raw = await self._store.map_get_all(RUNTIME_MAP)
-            self._runtime = {k: int(v) for k, v in raw.items() if v.lstrip("-").isdigit()}
+            self._runtime = parse_runtime_limits(raw)
             self._runtime_read_at = now
         return self._runtime
 

@@ -31,6 +31,11 @@ def runtime_field(name: str, value: str | None = None) -> str:
     return name if value is None else f"{name}|{value}"
 
 
+def parse_runtime_limits(raw: Mapping[str, str]) -> dict[str, int]:
+    """The runtime-limits map as read from the store: field -> cap in nano-dollars (junk values ignored)."""
+    return {field: int(value) for field, value in raw.items() if value.lstrip("-").isdigit()}
+
+
 @dataclass(frozen=True, slots=True)
 class AppliedBudget:
     """A budget as it applies to one request: the scope value, the cap and the window slot."""

@@ -17,13 +17,14 @@ from litellm import ModelResponse
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from costkit_litellm.context import RequestContext, from_logging_payload, from_request
+from costkit_litellm.context import RequestContext, from_logging_payload, from_request, request_metadata
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.cascade import Cascade
+from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
-from costkit_litellm.money import Nano, format_usd, usd_to_nano
+from costkit_litellm.money import Nano, format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stash
 from costkit_litellm.pricing import CostEstimate
 from costkit_litellm.routing.stage import STATE_KEY as ROUTING_STATE
@@ -43,14 +44,6 @@ def _proxy_router() -> Any:
     except Exception:  # proxy extras not importable: application code without the proxy
         return None
     return getattr(proxy_server, "llm_router", None)
-
-
-def _metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in ("metadata", "litellm_metadata"):
-        value = data.get(key)
-        if isinstance(value, Mapping):
-            return value
-    return {}
 
 
 def as_http_exception(exc: RequestRejected) -> ProxyException:
@@ -88,22 +81,10 @@ def _response_dict(response: Any) -> dict[str, Any] | None:
 
 def _detail(payload: Mapping[str, Any], section: str, name: str) -> int:
     """A token count from the usage details LiteLLM keeps in the payload's metadata (0 when absent)."""
-    usage = _metadata(payload).get("usage_object")
+    usage = request_metadata(payload).get("usage_object")
     details = usage.get(section) if isinstance(usage, Mapping) else None
     value = details.get(name) if isinstance(details, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def response_cost(response: Any) -> Nano | None:
-    """LiteLLM's cost of a response object, in nano-dollars."""
-    hidden = getattr(response, "_hidden_params", None)
-    cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
-    if cost is None:
-        return None
-    try:
-        return usd_to_nano(float(cost))
-    except (TypeError, ValueError):
-        return None
 
 
 class CostKitCallback(CustomLogger):
@@ -220,7 +201,7 @@ class CostKitCallback(CustomLogger):
     # --- response headers ---------------------------------------------------------------
     def headers_for(self, data: Mapping[str, Any], response: Any) -> dict[str, str]:
         """The ``x-costkit-*`` headers for a finished request."""
-        stash = Stash.read(_metadata(data).get(STASH_KEY))
+        stash = Stash.read(request_metadata(data).get(STASH_KEY))
         if stash is None:
             return {}
         headers = dict(stash.headers)
@@ -254,7 +235,7 @@ class CostKitCallback(CustomLogger):
         if not isinstance(payload, Mapping):
             return None
         params = kwargs.get("litellm_params")
-        raw = _metadata(params).get(STASH_KEY) if isinstance(params, Mapping) else None
+        raw = request_metadata(params).get(STASH_KEY) if isinstance(params, Mapping) else None
         if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
             return None  # admitted by another kit in this process: that kit records it
         state = raw.get("state") if isinstance(raw, Mapping) else None
@@ -262,12 +243,7 @@ class CostKitCallback(CustomLogger):
             return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
         stash = Stash.read(raw)
         context = stash.context if stash is not None else from_logging_payload(payload, self.kit.config.request)
-        raw_cost = payload.get("response_cost")
-        cost: Nano | None
-        try:
-            cost = usd_to_nano(float(raw_cost)) if raw_cost is not None else None
-        except (TypeError, ValueError):
-            cost = None
+        cost = cost_nano(payload.get("response_cost"))
         if kind == "failure" and cost is None:
             cost = Nano(0)
         latency = None

@@ -19,7 +19,8 @@ from typing import Any
 from litellm import ModelResponse
 
 from costkit_litellm.kit import CostKit
-from costkit_litellm.money import Nano, usd_to_nano
+from costkit_litellm.litellm_adapter.costs import response_cost
+from costkit_litellm.money import Nano
 from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.routing.stage import HEADER_TIER, STATE_KEY
 from costkit_litellm.routing.validate import AnswerValidator
@@ -35,15 +36,6 @@ CALL_PARAMS = frozenset(
         "function_call", "reasoning_effort",
     }
 )  # fmt: skip
-
-
-def _cost(response: Any) -> Nano | None:
-    hidden = getattr(response, "_hidden_params", None)
-    raw = hidden.get("response_cost") if isinstance(hidden, dict) else None
-    try:
-        return usd_to_nano(float(raw)) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 class Cascade:
@@ -73,7 +65,7 @@ class Cascade:
             plan.update(tier=cheap_tier, model=cheap, cascade="served")
             admission.headers[HEADER_TIER] = f"{cheap_tier} (cascade: the answer passed the checks)"
             return
-        await self._escalate(admission, plan, check.reason, response, _cost(response), started)
+        await self._escalate(admission, plan, check.reason, response, response_cost(response), started)
 
     async def _escalate(
         self,
