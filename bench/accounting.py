@@ -35,7 +35,7 @@ from types import MappingProxyType
 import httpx
 
 # Run as a script, bench/ is on sys.path: reuse overhead.py's harness.
-from overhead import Arm, fake_provider_process, request_body, run_batch
+from overhead import Arm, comparison_table, fake_provider_process, interleaved, request_body
 from prometheus_client import CollectorRegistry
 
 from costkit_litellm.accounting.events import UsageEvent
@@ -207,33 +207,10 @@ async def bench_proxy_arms(args: argparse.Namespace, proxies: dict[str, ProxySer
         response.raise_for_status()
         if "x-costkit-cost-usd" not in response.headers:
             raise SystemExit(f"{arm} arm: no x-costkit-cost-usd header")
-    for arm in ARMS:
-        await run_batch(proxies[arm], args.warmup, max(args.concurrency), TAG)
-    results: dict[int, dict[str, Arm]] = {}
-    for concurrency in args.concurrency:
-        results[concurrency] = {arm: Arm() for arm in ARMS}
-        for round_no in range(args.rounds):
-            for arm in ARMS if round_no % 2 == 0 else ARMS[::-1]:
-                requests = args.requests if concurrency > 1 else args.serial_requests
-                run = await run_batch(proxies[arm], requests, concurrency, TAG)
-                results[concurrency][arm].runs.append(run)
-                rate = len(run.latencies_s) / run.wall_s
-                print(f"  c={concurrency} round {round_no + 1} {arm:14}: {rate:7.1f} req/s", file=sys.stderr)
-    return results
-
-
-def proxy_table(results: dict[int, dict[str, Arm]]) -> str:
-    rows = ["| concurrency | metric | accounting off | accounting on | on/off |", "|---:|---|---:|---:|---:|"]
-    for concurrency, arms in results.items():
-        off, on = arms["accounting off"], arms["accounting on"]
-        for name, a, b in (
-            ("req/s", off.throughput(), on.throughput()),
-            ("p50 ms", off.percentile_ms(0.50), on.percentile_ms(0.50)),
-            ("p99 ms", off.percentile_ms(0.99), on.percentile_ms(0.99)),
-        ):
-            rows.append(f"| {concurrency} | {name} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
-        rows.append(f"| {concurrency} | errors | {off.errors()} | {on.errors()} | |")
-    return "\n".join(rows)
+    body = request_body(TAG)
+    return await interleaved(
+        proxies, ARMS, args, lambda _: body, lambda c: args.requests if c > 1 else args.serial_requests
+    )
 
 
 def bench_proxy(args: argparse.Namespace) -> str:
@@ -250,7 +227,8 @@ def bench_proxy(args: argparse.Namespace) -> str:
     state = "Redis" if args.redis else "in process"
     return (
         f"(b) Proxy with the pack, accounting off vs on (state {state}); fake provider latency "
-        f"{args.latency_ms:g} ms; interleaved rounds.\n\n" + proxy_table(results)
+        f"{args.latency_ms:g} ms; interleaved rounds.\n\n"
+        + comparison_table(results, "accounting off", "accounting on", "on/off")
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: reuse overhead.py
-from overhead import Arm, Run, fake_provider_process
+from overhead import Arm, comparison_table, fake_provider_process, interleaved
 
 from costkit_litellm.store import Limit, MemoryStore, RedisStore, Store
 from costkit_litellm.testing.proxy_server import (
@@ -205,30 +205,6 @@ def request_body(index: int) -> dict[str, Any]:
     }
 
 
-async def run_batch(proxy: ProxyServer, requests: int, concurrency: int) -> Run:
-    """``requests`` chat completions (users rotating) with ``concurrency`` workers; time each one."""
-    latencies: list[float] = []
-    errors = 0
-    remaining = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=proxy.base_url, headers=proxy.auth_headers, limits=limits, timeout=60
-    ) as client:
-
-        async def worker() -> None:
-            nonlocal errors
-            for index in remaining:
-                start = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=request_body(index))
-                latencies.append(time.perf_counter() - start)
-                errors += response.status_code != 200
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return Run(latencies, wall, errors)
-
-
 def proxy_configs(api_base: str, redis_url: str, folder: Path) -> dict[str, Path]:
     base = base_config([openai_deployment(MODEL, api_base)])
     common = {"redis_url": redis_url, "key_prefix": f"bench-{uuid.uuid4().hex[:6]}"}
@@ -256,33 +232,9 @@ async def check_arms(proxies: dict[str, ProxyServer]) -> None:
 
 async def bench_proxy_arms(args: argparse.Namespace, proxies: dict[str, ProxyServer]) -> dict[int, dict[str, Arm]]:
     await check_arms(proxies)
-    for arm in ARMS:  # warm both
-        await run_batch(proxies[arm], args.warmup, max(args.concurrency))
-    results: dict[int, dict[str, Arm]] = {}
-    for concurrency in args.concurrency:
-        results[concurrency] = {arm: Arm() for arm in ARMS}
-        for round_no in range(args.rounds):
-            for arm in ARMS if round_no % 2 == 0 else ARMS[::-1]:
-                requests = args.requests if concurrency > 1 else args.serial_requests
-                run = await run_batch(proxies[arm], requests, concurrency)
-                results[concurrency][arm].runs.append(run)
-                rate = len(run.latencies_s) / run.wall_s
-                print(f"  c={concurrency} round {round_no + 1} {arm:11}: {rate:7.1f} req/s", file=sys.stderr)
-    return results
-
-
-def proxy_table(results: dict[int, dict[str, Arm]]) -> str:
-    rows = ["| concurrency | metric | budgets off | budgets on | on/off |", "|---:|---|---:|---:|---:|"]
-    for concurrency, arms in results.items():
-        off, on = arms["budgets off"], arms["budgets on"]
-        for name, a, b in (
-            ("req/s", off.throughput(), on.throughput()),
-            ("p50 ms", off.percentile_ms(0.50), on.percentile_ms(0.50)),
-            ("p99 ms", off.percentile_ms(0.99), on.percentile_ms(0.99)),
-        ):
-            rows.append(f"| {concurrency} | {name} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
-        rows.append(f"| {concurrency} | errors | {off.errors()} | {on.errors()} | |")
-    return "\n".join(rows)
+    return await interleaved(
+        proxies, ARMS, args, request_body, lambda c: args.requests if c > 1 else args.serial_requests
+    )
 
 
 def bench_proxy(args: argparse.Namespace) -> str:
@@ -296,7 +248,7 @@ def bench_proxy(args: argparse.Namespace) -> str:
         proxies = {arm: stack.enter_context(ProxyServer(path)) for arm, path in configs.items()}
         print(f"proxies up: {', '.join(f'{a}={p.base_url}' for a, p in proxies.items())}", file=sys.stderr)
         results = asyncio.run(bench_proxy_arms(args, proxies))
-    return proxy_table(results)
+    return comparison_table(results, "budgets off", "budgets on", "on/off")
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,14 @@ def request_body(tag: str) -> dict[str, Any]:
     }
 
 
-async def run_batch(proxy: ProxyServer, requests: int, concurrency: int, tag: str) -> Run:
+BodyFor = Callable[[int], dict[str, Any]]
+"""The request body for the n-th request of a batch."""
+
+
+async def run_batch(proxy: ProxyServer, requests: int, concurrency: int, body_for: BodyFor) -> Run:
     """Send ``requests`` chat completions with ``concurrency`` workers; time each one."""
     latencies: list[float] = []
     errors = 0
-    body = request_body(tag)
     remaining = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
@@ -125,9 +128,9 @@ async def run_batch(proxy: ProxyServer, requests: int, concurrency: int, tag: st
 
         async def worker() -> None:
             nonlocal errors
-            for _ in remaining:
+            for index in remaining:
                 start = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=body)
+                response = await client.post("/v1/chat/completions", json=body_for(index))
                 latencies.append(time.perf_counter() - start)
                 errors += response.status_code != 200
 
@@ -135,6 +138,29 @@ async def run_batch(proxy: ProxyServer, requests: int, concurrency: int, tag: st
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     return Run(latencies, wall, errors)
+
+
+async def interleaved(
+    proxies: dict[str, ProxyServer],
+    arms: Sequence[str],
+    args: argparse.Namespace,
+    body_for: BodyFor,
+    requests_for: Callable[[int], int],
+) -> dict[int, dict[str, Arm]]:
+    """Warm every arm, then run them in alternating order (A B, B A, ...) at each concurrency."""
+    for arm in arms:  # warm (lazy imports, connection pools, first-request caches)
+        await run_batch(proxies[arm], args.warmup, max(args.concurrency), body_for)
+    width = max(len(arm) for arm in arms)
+    results: dict[int, dict[str, Arm]] = {}
+    for concurrency in args.concurrency:
+        results[concurrency] = {arm: Arm() for arm in arms}
+        for round_no in range(args.rounds):
+            for arm in arms if round_no % 2 == 0 else arms[::-1]:
+                run = await run_batch(proxies[arm], requests_for(concurrency), concurrency, body_for)
+                results[concurrency][arm].runs.append(run)
+                rate = len(run.latencies_s) / run.wall_s
+                print(f"  c={concurrency} round {round_no + 1} {arm:{width}}: {rate:7.1f} req/s", file=sys.stderr)
+    return results
 
 
 def build_configs(args: argparse.Namespace, api_base: str, folder: Path) -> dict[str, Path]:
@@ -148,18 +174,18 @@ def build_configs(args: argparse.Namespace, api_base: str, folder: Path) -> dict
     }
 
 
-def markdown_table(results: dict[int, dict[str, Arm]]) -> str:
-    rows = ["| concurrency | metric | disabled | enabled | enabled/disabled |", "|---:|---|---:|---:|---:|"]
+def comparison_table(results: dict[int, dict[str, Arm]], off: str, on: str, ratio: str) -> str:
+    """Throughput, p50 and p99 of two arms side by side, with the ratio ``on / off``."""
+    rows = [f"| concurrency | metric | {off} | {on} | {ratio} |", "|---:|---|---:|---:|---:|"]
     for concurrency, arms in results.items():
-        off, on = arms["disabled"], arms["enabled"]
-        metrics = [
-            ("req/s", off.throughput(), on.throughput()),
-            ("p50 ms", off.percentile_ms(0.50), on.percentile_ms(0.50)),
-            ("p99 ms", off.percentile_ms(0.99), on.percentile_ms(0.99)),
-        ]
-        for name, a, b in metrics:
+        a_arm, b_arm = arms[off], arms[on]
+        for name, a, b in (
+            ("req/s", a_arm.throughput(), b_arm.throughput()),
+            ("p50 ms", a_arm.percentile_ms(0.50), b_arm.percentile_ms(0.50)),
+            ("p99 ms", a_arm.percentile_ms(0.99), b_arm.percentile_ms(0.99)),
+        ):
             rows.append(f"| {concurrency} | {name} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
-        rows.append(f"| {concurrency} | errors | {off.errors()} | {on.errors()} | |")
+        rows.append(f"| {concurrency} | errors | {a_arm.errors()} | {b_arm.errors()} | |")
     return "\n".join(rows)
 
 
@@ -176,20 +202,9 @@ async def check_arms(proxies: dict[str, ProxyServer], tag: str, pack_less: bool)
 
 
 async def bench(args: argparse.Namespace, proxies: dict[str, ProxyServer]) -> dict[int, dict[str, Arm]]:
-    results: dict[int, dict[str, Arm]] = {}
     await check_arms(proxies, args.tag, args.pack_less)
-    for arm in ARMS:  # warm both (lazy imports, connection pools, first-request caches)
-        await run_batch(proxies[arm], args.warmup, max(args.concurrency), args.tag)
-    for concurrency in args.concurrency:
-        results[concurrency] = {arm: Arm() for arm in ARMS}
-        for round_no in range(args.rounds):
-            order = ARMS if round_no % 2 == 0 else ARMS[::-1]
-            for arm in order:
-                run = await run_batch(proxies[arm], args.requests, concurrency, args.tag)
-                results[concurrency][arm].runs.append(run)
-                rate = len(run.latencies_s) / run.wall_s
-                print(f"  c={concurrency} round {round_no + 1} {arm:8}: {rate:7.1f} req/s", file=sys.stderr)
-    return results
+    body = request_body(args.tag)
+    return await interleaved(proxies, ARMS, args, lambda _: body, lambda _: args.requests)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -231,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"\nProxy overhead, {label}; fake provider latency {args.latency_ms:g} ms; "
         f"{args.requests} requests x {args.rounds} rounds per cell, interleaved.\n"
     )
-    print(markdown_table(results))
+    print(comparison_table(results, "disabled", "enabled", "enabled/disabled"))
 
 
 if __name__ == "__main__":
