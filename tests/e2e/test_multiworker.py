@@ -166,6 +166,10 @@ def _eventually_equal(proxy: ProxyServer, expected: dict[str, Decimal], timeout_
 class TestTwoWorkers:
     def test_proxy_runs_two_workers_in_multiprocess_mode(self, proxy: ProxyServer, multiproc_dir: Path) -> None:
         """The proxy runs two worker processes with the pack, in prometheus_client multiprocess mode on its folder."""
+        # The proxy is healthy once one worker serves; the second may still be loading the pack.
+        deadline = time.monotonic() + 120
+        while proxy.log_text().count("costkit: loaded from") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         log = proxy.log_text()
         assert f"PROMETHEUS_MULTIPROC_DIR={multiproc_dir}" in log
         assert len(re.findall(r"Started server process \[\d+\]", log)) >= 2
