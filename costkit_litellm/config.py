@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -30,7 +30,7 @@ from costkit_litellm.routing.config import RoutingConfig
 SECTION = "costkit"
 _ENV_REF = re.compile(r"^os\.environ/(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.S)
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_RESERVED_LABELS = frozenset({"model", "tier", "le", "quantile", "outcome", "source", "direction"})
+_RESERVED_LABELS = frozenset({"model", "tier", "le", "quantile", "outcome", "source", "direction", "endpoint"})
 
 
 class ModelPricing(Section):
@@ -47,9 +47,18 @@ class ModelPricing(Section):
 class PricingConfig(Section):
     """How costs are estimated before a call and read after it."""
 
+    output_bound: Literal["model_max", "inject_default"] = "model_max"
+    """A request with no output cap (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``):
+    ``model_max`` holds the model's own maximum output (16,384 tokens for gpt-4o-mini), leaving the
+    request as it is; ``inject_default`` writes ``default_max_output_tokens`` into the request (the
+    provider then stops there) and holds that. A model whose maximum is unknown is always injected."""
     default_max_output_tokens: Annotated[int, Field(ge=1)] = 4096
-    """Cap on the output tokens assumed for a worst-case estimate when the request sets no
-    ``max_tokens`` (the model's own maximum is used when it is smaller)."""
+    """The output cap written into a request that sets none, under ``output_bound: inject_default``
+    (or for a model whose maximum output LiteLLM does not know)."""
+    transcription_bytes_per_second: Annotated[int, Field(ge=1)] = 1000
+    """Audio transcription is billed per second of audio, unknown before the call: the worst case
+    assumes the upload holds at least this many bytes per second (1,000 = 8 kbit/s, below any
+    speech codec in use), so a 1 MB file holds for about 1,000 seconds."""
     models: dict[str, ModelPricing] = Field(default_factory=dict)
     """Per-model overrides, keyed by model group name (as clients request it) or by the
     deployment's model (``openai/gpt-4o-mini``)."""

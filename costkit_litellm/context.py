@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from costkit_litellm.config import RequestConfig
 from costkit_litellm.errors import BadRequestMetadata
@@ -34,6 +34,10 @@ _NOT_ATTRIBUTES = frozenset(
 )
 
 
+OUTPUT_CAPS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+"""Request fields that cap the output (chat's two, the Responses API's)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """The request parameters that change what an answer can be (cache scope, cost estimate)."""
@@ -41,6 +45,7 @@ class SamplingParams:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    """The request's output cap: ``max_completion_tokens``, ``max_output_tokens`` or ``max_tokens``."""
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -73,6 +78,9 @@ class RequestContext:
     no_cache: bool = False
     """The client asked not to use the cache (``Cache-Control: no-cache``/``no-store``, header
     ``x-costkit-cache: off``, or metadata ``cache: false``)."""
+    endpoint: str = "chat"
+    """What kind of call this is (a bounded label from the adapter's table of call types:
+    ``chat``, ``text_completion``, ``responses``, ``messages``, ``embeddings``, ``other``...)."""
 
     def scope_value(self, scope: str) -> str | None:
         """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,
@@ -104,6 +112,7 @@ class RequestContext:
             "tags": list(self.tags),
             "attributes": dict(self.attributes),
             "session_id": self.session_id,
+            "endpoint": self.endpoint,
         }
 
 
@@ -213,9 +222,8 @@ def sampling_params(data: Mapping[str, Any]) -> SamplingParams:
     stop = data.get("stop")
     stops: tuple[str, ...] = (stop,) if isinstance(stop, str) else tuple(s for s in stop or () if isinstance(s, str))
     tools = data.get("tools") or data.get("functions")
-    max_tokens = _int(data.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = _int(data.get("max_completion_tokens"))
+    caps = [v for v in (_int(data.get(cap)) for cap in OUTPUT_CAPS) if v is not None and v > 0]
+    max_tokens = max(caps) if caps else None  # several caps: the provider may honour the largest
     return SamplingParams(
         temperature=_float(data.get("temperature")),
         top_p=_float(data.get("top_p")),
@@ -234,13 +242,27 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else _EMPTY
 
 
-def request_metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The metadata of a request dict (``metadata``, or ``litellm_metadata`` on some routes); empty if none."""
-    for key in ("metadata", "litellm_metadata"):
-        value = data.get(key)
-        if isinstance(value, Mapping) and value:
-            return value
-    return _EMPTY
+MetadataKey = Literal["metadata", "litellm_metadata"]
+
+
+def request_metadata(data: Mapping[str, Any], key: MetadataKey = "metadata") -> Mapping[str, Any]:
+    """The dict the proxy keeps its own metadata in for this route (``metadata``, or
+    ``litellm_metadata`` on /v1/responses, /v1/messages, batches, files: the adapter's table of
+    call types says which); empty if none. Never guessed: on ``litellm_metadata`` routes
+    ``metadata`` is the client's own (forwarded to the provider)."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+def client_metadata(data: Mapping[str, Any], key: MetadataKey = "metadata") -> Mapping[str, Any]:
+    """What the client sent as metadata: the proxy's copy (``requester_metadata``) when it kept
+    one, else the request's own ``metadata`` on routes where the proxy keeps its metadata apart."""
+    metadata = request_metadata(data, key)
+    if "requester_metadata" in metadata:
+        return _mapping(metadata.get("requester_metadata"))
+    if key == "litellm_metadata":
+        return _mapping(data.get("metadata"))
+    return metadata
 
 
 def _header(headers: Mapping[str, Any], name: str) -> Any:
@@ -260,12 +282,21 @@ def _user(reader: _Reader, client: Mapping[str, Any], key_user: Any) -> str | No
     return None
 
 
-def from_request(data: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:
-    """Parse LiteLLM's pre-call request ``data``; raises ``BadRequestMetadata`` on bad metadata."""
+def from_request(
+    data: Mapping[str, Any],
+    limits: RequestConfig | None = None,
+    metadata_key: MetadataKey = "metadata",
+    endpoint: str = "chat",
+) -> RequestContext:
+    """Parse LiteLLM's pre-call request ``data``; raises ``BadRequestMetadata`` on bad metadata.
+
+    ``metadata_key`` names the dict the proxy fills on this route; ``endpoint`` is the call type's
+    label (``chat``, ``responses``, ``embeddings``...), both from the adapter's table of call types.
+    """
     reader = _Reader(limits or RequestConfig(), strict=True)
-    metadata = request_metadata(data)
+    metadata = request_metadata(data, metadata_key)
     # On the proxy, what the client sent is kept apart from what the proxy added.
-    client = _mapping(metadata.get("requester_metadata")) if "requester_metadata" in metadata else metadata
+    client = client_metadata(data, metadata_key)
     headers = _mapping(metadata.get("headers")) or _mapping(_mapping(data.get("proxy_server_request")).get("headers"))
     tags = reader.tags(
         [
@@ -297,6 +328,7 @@ def from_request(data: Mapping[str, Any], limits: RequestConfig | None = None) -
         session_id=session,
         params=sampling_params(data),
         no_cache=_no_cache(headers, client),
+        endpoint=endpoint,
     )
 
 
@@ -310,7 +342,9 @@ def _no_cache(headers: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
     return flag is False or (isinstance(flag, str) and flag.lower() in ("false", "off", "no"))
 
 
-def from_logging_payload(payload: Mapping[str, Any], limits: RequestConfig | None = None) -> RequestContext:
+def from_logging_payload(
+    payload: Mapping[str, Any], limits: RequestConfig | None = None, endpoint: str = "chat"
+) -> RequestContext:
     """Parse a ``standard_logging_object``; lenient, never raises on bad metadata."""
     reader = _Reader(limits or RequestConfig(), strict=False)
     metadata = _mapping(payload.get("metadata"))
@@ -336,6 +370,7 @@ def from_logging_payload(payload: Mapping[str, Any], limits: RequestConfig | Non
         attributes=reader.attributes(tags, client),
         session_id=session,
         params=sampling_params(params),
+        endpoint=endpoint,
     )
 
 
@@ -354,4 +389,5 @@ def from_json(raw: Mapping[str, Any], params: SamplingParams | None = None) -> R
         attributes=MappingProxyType(dict(attributes) if isinstance(attributes, Mapping) else {}),
         session_id=raw.get("session_id"),
         params=params or SamplingParams(),
+        endpoint=str(raw.get("endpoint") or "chat"),
     )

@@ -30,7 +30,7 @@ from costkit_litellm.embeddings import LOCAL_MINILM, Embedder, EmbedderUnavailab
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
-from costkit_litellm.pricing import PriceSource, Pricing
+from costkit_litellm.pricing import CostEstimate, PriceSource, Pricing
 from costkit_litellm.routing.classifiers import ModelFileError
 from costkit_litellm.routing.stage import RoutingStage, build_classifier
 from costkit_litellm.store import Store, StoreError
@@ -239,12 +239,17 @@ class CostKit:
         prompt_tokens: int,
         deployment_model: str | None = None,
         messages: Sequence[Any] = (),
+        estimate: CostEstimate | None = None,
     ) -> Admission:
-        """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses."""
+        """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses.
+
+        ``estimate`` is the worst case when the caller computed it (the adapter does, per call type);
+        without it, a chat completion of ``prompt_tokens`` is assumed."""
         await self._ensure_started()
-        estimate = self.pricing.worst_case(
-            context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
-        )
+        if estimate is None:
+            estimate = self.pricing.worst_case(
+                context.model, prompt_tokens, context.params.max_tokens, context.params.n, deployment_model
+            )
         admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model, messages=messages)
         for stage in self.stages:
             await stage.on_request(admission)

@@ -4,19 +4,24 @@ The adapter supplies what LiteLLM knows (``PriceSource``, a token counter); this
 into integers. Prices are kept as nano-dollars per *million* tokens, so per-token prices below a
 nano-dollar ($0.025 per million tokens = 0.025 n$ per token) stay exact integers.
 
-Worst-case cost before a call (what a budget must be able to absorb)::
+Worst-case cost before a call (what a budget must be able to absorb), for each model the request
+can reach (its group's deployments and every router fallback), at the requested service tier::
 
-    prompt_tokens x input_price + max_output_tokens x output_price x n
+    prompt_tokens x input_price + max_output_tokens x output_price x n  (+ a fixed part)
 
-where ``max_output_tokens`` is the request's ``max_tokens``, else the model's maximum output,
-capped by ``pricing.default_max_output_tokens``. A model without a known price is reported as
-unknown, never as $0.
+where ``prompt_tokens`` counts every billable input field, ``max_output_tokens`` is the request's
+cap, else (``pricing.output_bound: model_max``) the model's own maximum output, or
+(``inject_default``) ``pricing.default_max_output_tokens``, which the adapter then writes into the
+request so the provider honours it. Reasoning tokens are output tokens (priced at the dearer of
+the output and reasoning prices). The fixed part is what is not priced per token (images, audio
+characters, rerank searches), computed by the adapter with LiteLLM's own cost functions. A model
+without a known price is reported as unknown, never as $0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol
 
@@ -37,6 +42,23 @@ class ModelPrice:
     max_output_tokens: int | None = None
     source: str = "litellm"
     """Where the price came from: ``litellm`` (its price map or deployment params) or ``config``."""
+    tiers: tuple[tuple[str, int, int], ...] = ()
+    """(service tier, input, output) in nano-dollars per million tokens: tiers priced apart (``priority``)."""
+
+    def at_tier(self, tier: str | None) -> ModelPrice:
+        """This price at a service tier: the tier's own price, or the dearest tier for ``auto``
+        (the project's default tier decides), or the standard price."""
+        if not tier or not self.tiers:
+            return self
+        if tier == "auto":
+            dearest = max(self.tiers, key=lambda t: (t[2], t[1]))
+            if (dearest[2], dearest[1]) <= (self.output_nano_per_mtok, self.input_nano_per_mtok):
+                return self
+            return replace(self, input_nano_per_mtok=dearest[1], output_nano_per_mtok=dearest[2], tiers=())
+        for name, inp, out in self.tiers:
+            if name == tier:
+                return replace(self, input_nano_per_mtok=inp, output_nano_per_mtok=out, tiers=())
+        return self
 
     @classmethod
     def from_per_token_usd(
@@ -45,13 +67,18 @@ class ModelPrice:
         output_usd: float,
         max_output_tokens: int | None = None,
         source: str = "litellm",
+        tiers: Mapping[str, tuple[float, float]] | None = None,
     ) -> ModelPrice:
-        """From LiteLLM's ``input_cost_per_token`` / ``output_cost_per_token`` floats."""
+        """From LiteLLM's ``input_cost_per_token`` / ``output_cost_per_token`` floats (and per-tier ones)."""
         return cls(
-            input_nano_per_mtok=_per_mtok(Decimal(repr(float(input_usd)))),
-            output_nano_per_mtok=_per_mtok(Decimal(repr(float(output_usd)))),
+            input_nano_per_mtok=usd_per_token_to_nano_per_mtok(input_usd),
+            output_nano_per_mtok=usd_per_token_to_nano_per_mtok(output_usd),
             max_output_tokens=max_output_tokens,
             source=source,
+            tiers=tuple(
+                (name, usd_per_token_to_nano_per_mtok(i), usd_per_token_to_nano_per_mtok(o))
+                for name, (i, o) in sorted((tiers or {}).items())
+            ),
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Nano:
@@ -62,6 +89,16 @@ class ModelPrice:
 
 def _per_mtok(usd_per_token: Decimal) -> int:
     return int((usd_per_token * NANO_PER_USD * _PER_MILLION).to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd_per_token_to_nano_per_mtok(usd: float) -> int:
+    """A LiteLLM per-token (or per-unit) dollar float as nano-dollars per million, rounded up."""
+    return _per_mtok(Decimal(repr(float(usd))))
+
+
+def usd_to_nano_ceil(usd: float) -> Nano:
+    """A LiteLLM dollar amount as nano-dollars, rounded up (an estimate never under-counts)."""
+    return Nano(int((Decimal(repr(float(usd))) * NANO_PER_USD).to_integral_value(rounding=ROUND_CEILING)))
 
 
 def _usd_per_million_to_nano(usd: Decimal) -> int:
@@ -83,6 +120,12 @@ class CostEstimate:
     prompt_tokens: int
     max_output_tokens: int
     price: ModelPrice | None
+    inject_max_tokens: int | None = None
+    """Set when the bound holds only if the request carries this output cap (``output_bound:
+    inject_default``, or a model whose maximum output is unknown): the adapter writes it in."""
+    unbounded: str | None = None
+    """The endpoint, when its cost cannot be bounded before the call (batches, pass-through,
+    realtime, an unknown call type): ``budget_settings.unbounded_calls`` decides."""
 
     @property
     def known(self) -> bool:
@@ -115,20 +158,50 @@ class Pricing:
         max_tokens: int | None,
         n: int = 1,
         deployment_model: str | None = None,
+        *,
+        fallbacks: Sequence[str] = (),
+        service_tier: str | None = None,
+        output: bool = True,
+        fixed: int = 0,
     ) -> CostEstimate:
-        """Worst-case cost of a request before it is sent."""
-        price = self.price(model, deployment_model)
+        """Worst-case cost of a request before it is sent: the dearest of ``model`` and its
+        ``fallbacks`` at ``service_tier``; ``output=False`` for calls that write no tokens
+        (embeddings); ``fixed`` adds what is not priced per token (nano-dollars)."""
+        candidates = [self.price(model, deployment_model), *(self.price(f) for f in fallbacks if f != model)]
         cap = self._config.default_max_output_tokens
-        if max_tokens is not None and max_tokens > 0:
-            max_out = max_tokens
-        elif price is not None and price.max_output_tokens:
-            max_out = min(price.max_output_tokens, cap)
+        requested = max_tokens if max_tokens is not None and max_tokens > 0 else None
+        inject: int | None = None
+        if not output:
+            outs = [0 for _ in candidates]
+        elif requested is not None:
+            outs = [requested for _ in candidates]
+        elif self._config.output_bound == "model_max" and all(p and p.max_output_tokens for p in candidates):
+            outs = [p.max_output_tokens or 0 for p in candidates if p is not None]
         else:
-            max_out = cap
-        if price is None:
-            return CostEstimate(None, prompt_tokens, max_out, None)
-        one = prompt_tokens * price.input_nano_per_mtok + max_out * price.output_nano_per_mtok * max(1, n)
-        return CostEstimate(Nano(-(-one // _PER_MILLION)), prompt_tokens, max_out, price)
+            outs, inject = [cap for _ in candidates], cap
+        max_out = max(outs) if outs else 0
+        if any(p is None for p in candidates):
+            return CostEstimate(None, prompt_tokens, max_out, None, inject)
+        best: tuple[int, ModelPrice] | None = None
+        for price, out in zip(candidates, outs, strict=True):
+            assert price is not None
+            tiered = price.at_tier(service_tier)
+            one = prompt_tokens * tiered.input_nano_per_mtok + out * tiered.output_nano_per_mtok * max(1, n)
+            if best is None or one > best[0]:
+                best = (one, tiered)
+        assert best is not None
+        amount = Nano(-(-best[0] // _PER_MILLION) + max(0, fixed))
+        return CostEstimate(amount, prompt_tokens, max_out, best[1], inject)
+
+    @property
+    def transcription_bytes_per_second(self) -> int:
+        """Bytes of uploaded audio assumed per second of it (bounds a transcription's billed seconds)."""
+        return self._config.transcription_bytes_per_second
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        """The output cap assumed (and injected) when a request sets none and the bound needs one."""
+        return self._config.default_max_output_tokens
 
 
 def _apply(override: ModelPricing, base: ModelPrice | None) -> ModelPrice | None:
@@ -141,4 +214,5 @@ def _apply(override: ModelPricing, base: ModelPrice | None) -> ModelPrice | None
         output_nano_per_mtok=_usd_per_million_to_nano(out) if out is not None else base.output_nano_per_mtok,  # type: ignore[union-attr]
         max_output_tokens=override.max_output_tokens or (base.max_output_tokens if base else None),
         source="config",
+        tiers=base.tiers if base is not None and inp is None and out is None else (),
     )

@@ -31,6 +31,7 @@ _FIELDS = {
     "request_model": "gen_ai.request.model",
     "response_model": "gen_ai.response.model",
     "model": "costkit.model_group",
+    "endpoint": "costkit.endpoint",
     "tier": "costkit.tier",
     "input_tokens": "gen_ai.usage.input_tokens",
     "output_tokens": "gen_ai.usage.output_tokens",
@@ -66,6 +67,8 @@ class UsageEvent:
     response_model: str | None = None
     model: str = ""
     """The model group that answered (after routing or downgrade)."""
+    endpoint: str = "chat"
+    """The call type (``chat``, ``responses``, ``messages``, ``embeddings``, ``speech``...: a bounded set)."""
     tier: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -99,6 +102,7 @@ class UsageEvent:
             request_model=ctx.model,
             response_model=outcome.deployment_model,
             model=outcome.model,
+            endpoint=ctx.endpoint,
             tier=outcome.tier,
             input_tokens=outcome.prompt_tokens,
             output_tokens=outcome.completion_tokens,

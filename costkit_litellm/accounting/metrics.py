@@ -3,7 +3,8 @@
 Built on prometheus_client's own metric classes, so they also work in multiprocess mode (several
 proxy workers, ``PROMETHEUS_MULTIPROC_DIR`` set, as LiteLLM does with ``--num_workers``). Dollar
 values are float64 sums of exact nano-dollar amounts (exact to 1e-9 USD for totals far beyond a
-day of traffic; the ledger keeps the exact integers). Labels: ``model``, ``tier`` and the
+day of traffic; the ledger keeps the exact integers). Labels: ``model``, ``tier``, ``endpoint`` (the
+call type, from the adapter's table: a bounded set; on requests and spend) and the
 allow-listed tag keys (``metrics.tag_labels``), each capped at ``max_label_values`` distinct values
 per process (overflow is counted as ``other``, so sums stay exact and series bounded).
 
@@ -49,7 +50,10 @@ class CostKitMetrics:
         self._max_remaining = max_remaining_series
         tags = list(self.tag_labels)
         self.spend = Counter(
-            "costkit_spend_usd", "Spend on LLM calls in US dollars.", ["model", "tier", *tags], registry=registry
+            "costkit_spend_usd",
+            "Spend on LLM calls in US dollars.",
+            ["model", "tier", "endpoint", *tags],
+            registry=registry,
         )
         self.tokens = Counter(
             "costkit_tokens", "Tokens by direction.", ["model", "tier", "direction", *tags], registry=registry
@@ -57,7 +61,7 @@ class CostKitMetrics:
         self.requests = Counter(
             "costkit_requests",
             "Requests seen by costkit, by outcome.",
-            ["model", "tier", "outcome", *tags],
+            ["model", "tier", "outcome", "endpoint", *tags],
             registry=registry,
         )
         self.saved = Counter(
@@ -129,10 +133,11 @@ class CostKitMetrics:
         with self._lock:
             tags = self._limiter.values(event.attributes)
         model, tier = event.model or "unknown", event.tier or "none"
-        self.requests.labels(model, tier, event.outcome, *tags).inc()
+        endpoint = event.endpoint or "other"
+        self.requests.labels(model, tier, event.outcome, endpoint, *tags).inc()
         if event.cost_nano:
             dollars = event.cost_nano / NANO_PER_USD
-            self.spend.labels(model, tier, *tags).inc(dollars)
+            self.spend.labels(model, tier, endpoint, *tags).inc(dollars)
         if event.cost_nano is not None and event.outcome in ("success", "cache_hit"):
             self.cost.labels(model, tier).observe(event.cost_nano / NANO_PER_USD)
         if event.input_tokens:

@@ -1,4 +1,4 @@
-"""Spend reports from the ledger: by feature, user, team, model or tier, with savings and margin.
+"""Spend reports from the ledger: by feature, user, team, model, tier or endpoint, with savings and margin.
 
 Per group: requests, spend, average cost per billable request (successes and cache hits), p95
 cost, cache and routing savings, and, with ``revenue:`` configured for the grouping attribute,
@@ -21,7 +21,7 @@ from costkit_litellm.accounting.config import RevenueConfig
 from costkit_litellm.accounting.events import UsageEvent
 from costkit_litellm.money import format_usd_short, nano_to_decimal, usd_to_nano
 
-GROUPINGS = ("feature", "user", "team", "model", "tier", "outcome", "end_user", "api_key")
+GROUPINGS = ("feature", "user", "team", "model", "tier", "outcome", "end_user", "api_key", "endpoint")
 BILLABLE = frozenset({"success", "cache_hit"})
 MONTH_S = 30 * 86400
 
@@ -39,6 +39,8 @@ def group_of(event: UsageEvent, by: str) -> str:
         value = event.tier
     elif by == "outcome":
         value = event.outcome
+    elif by == "endpoint":
+        value = event.endpoint
     elif by == "end_user":
         value = event.end_user
     elif by == "api_key":

@@ -83,6 +83,13 @@ class BudgetSettings(Section):
     """A request for a model without a known price: ``reject`` it (400) or ``reserve`` a fixed amount."""
     unknown_price_reserve_usd: PositiveUsd = Decimal("0.05")
     """What ``unknown_price: reserve`` holds per request."""
+    unbounded_calls: Literal["reject", "reserve"] = "reject"
+    """A call whose cost cannot be bounded before it is sent (batches, pass-through routes, realtime
+    sessions, video, an unknown call type), when a budget applies to it: ``reject`` it (400 naming
+    the budget and the endpoint) or ``reserve`` ``unbounded_reserve_usd`` and commit the real cost
+    afterwards (which may exceed the hold)."""
+    unbounded_reserve_usd: PositiveUsd = Decimal("1")
+    """What ``unbounded_calls: reserve`` holds per call."""
     on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
     """Redis unreachable: ``fail_open`` admits and reconciles spend when Redis is back; ``fail_closed`` answers 503."""
     runtime_refresh_s: Annotated[float, Field(ge=0)] = 5.0

@@ -131,6 +131,20 @@ class BudgetStage:
         self._report_remaining(admission, applied, result.usages)
 
     def _amount(self, admission: Admission, applied: Sequence[AppliedBudget]) -> int:
+        endpoint = admission.estimate.unbounded
+        if endpoint is not None:
+            if self.settings.unbounded_calls == "reserve":
+                return usd_to_nano(self.settings.unbounded_reserve_usd)
+            names = ", ".join(repr(a.budget.name) for a in applied) or "the session limit"
+            self._count_rejection(applied[0].budget.name if applied else "*", "unbounded")
+            raise RequestRejected(
+                f"The cost of a {endpoint!r} call cannot be bounded before it is sent, so it cannot be held "
+                f"against {names}; costkit refuses such calls under a budget "
+                "(budget_settings.unbounded_calls: reject). Set unbounded_calls: reserve to hold "
+                "budget_settings.unbounded_reserve_usd per call instead.",
+                status=400,
+                error_type="budget_unbounded_call",
+            )
         if admission.estimate.amount is not None:
             return admission.estimate.amount
         if self.settings.unknown_price == "reserve":

@@ -49,6 +49,8 @@ HEADER_SIMILARITY = "x-costkit-cache-similarity"
 HEADER_MATCH = "x-costkit-cache-match"
 """``exact`` or ``semantic`` on a hit."""
 STATE_KEY = "cache"
+CACHED_ENDPOINTS = frozenset({"chat"})
+"""The only endpoint the cache answers (chat completions); every other call type passes, marked ``skip``."""
 """``Admission.state[STATE_KEY]["status"]`` is ``miss`` or ``skip`` (hits are answered before the call)."""
 BACKOFF_S = 2.0
 PENDING_MAX = 10_000
@@ -144,6 +146,9 @@ class CacheStage:
     # --- before the call ----------------------------------------------------------------
     async def on_request(self, admission: Admission) -> None:
         """Skip, answer from the cache (raises ``RequestAnswered``), or mark a miss to store after the call."""
+        if admission.context.endpoint not in CACHED_ENDPOINTS:  # other endpoints pass untouched
+            self._mark(admission, "skip", "endpoint")
+            return
         model = admission.model or admission.context.model
         decision = decide(admission.context, admission.messages, model, self.config, self.config.embedding_model)
         keys = decision.keys

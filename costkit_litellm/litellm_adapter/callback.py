@@ -17,13 +17,16 @@ from litellm import ModelResponse
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from costkit_litellm.context import RequestContext, from_logging_payload, from_request, request_metadata
+from costkit_litellm.context import MetadataKey, RequestContext, from_logging_payload, from_request, request_metadata
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.kit import HEADER_COST, CostKit
+from costkit_litellm.litellm_adapter.call_types import CHAT, CallType, metadata_key
+from costkit_litellm.litellm_adapter.call_types import call_type as _call_type
 from costkit_litellm.litellm_adapter.cascade import Cascade
 from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
-from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter, count_prompt_tokens
+from costkit_litellm.litellm_adapter.estimates import Estimator
+from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter
 from costkit_litellm.money import Nano, format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stash
 from costkit_litellm.pricing import CostEstimate
@@ -34,7 +37,6 @@ log = logging.getLogger(__name__)
 STASH_KEY = "costkit"
 RECORDED = "recorded"
 """Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
-_CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
 
 
 def _proxy_router() -> Any:
@@ -81,10 +83,19 @@ def _response_dict(response: Any) -> dict[str, Any] | None:
 
 def _detail(payload: Mapping[str, Any], section: str, name: str) -> int:
     """A token count from the usage details LiteLLM keeps in the payload's metadata (0 when absent)."""
-    usage = request_metadata(payload).get("usage_object")
+    usage = request_metadata(payload).get("usage_object")  # the logging payload's own "metadata"
     details = usage.get(section) if isinstance(usage, Mapping) else None
     value = details.get(name) if isinstance(details, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _stash_of(params: Mapping[str, Any]) -> Any:
+    """The pack's stash as LiteLLM hands it to the logging callbacks (it merges the route's dict into ``metadata``)."""
+    for key in ("metadata", "litellm_metadata"):
+        raw = request_metadata(params, key).get(STASH_KEY)
+        if raw is not None:
+            return raw
+    return None
 
 
 class CostKitCallback(CustomLogger):
@@ -102,26 +113,31 @@ class CostKitCallback(CustomLogger):
         kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, self._router))
 
     # --- before the call ----------------------------------------------------------------
-    async def admit(self, data: dict[str, Any]) -> Admission:
-        """Parse, estimate and run the pre-call stages for a request dict; stash the result.
+    async def admit(self, data: dict[str, Any], row: CallType = CHAT) -> Admission:
+        """Parse, estimate and run the pre-call stages for a request dict of call type ``row``; stash the result.
 
         A refusal or a policy's own answer is recorded here, once (its outcome is marked in the
         stash so LiteLLM's failure or success callback for the same call does not count it again).
         """
+        key = metadata_key(data, row)
         try:
-            context = from_request(data, self.kit.config.request)
+            context = from_request(data, self.kit.config.request, key, row.endpoint)
         except RequestRejected as exc:
             fallback = from_logging_payload(
-                {"litellm_call_id": data.get("litellm_call_id"), "model_group": data.get("model")}
+                {"litellm_call_id": data.get("litellm_call_id"), "model_group": data.get("model")},
+                endpoint=row.endpoint,
             )
             await self._record_stop(data, fallback, "rejected", exc.error_type, 0)
             raise
         deployment = self.prices.deployment_model(context.model)
-        tokens = count_prompt_tokens(deployment or context.model, data.get("messages"))
+        estimate = Estimator(self.kit.pricing, self.prices).worst_case(row, data, context.model, deployment)
+        if estimate.inject_max_tokens is not None and row.output_cap is not None:
+            data[row.output_cap] = estimate.inject_max_tokens  # the bound holds only if the provider stops there
+        tokens = estimate.prompt_tokens
         messages = data.get("messages")
         try:
             admission = await self.kit.admit(
-                context, tokens, deployment, messages if isinstance(messages, list) else ()
+                context, tokens, deployment, messages if isinstance(messages, list) else (), estimate=estimate
             )
         except RequestRejected as exc:
             await self._record_stop(data, context, "rejected", exc.error_type, tokens)
@@ -131,7 +147,7 @@ class CostKitCallback(CustomLogger):
             raise
         if admission.model is not None:
             data["model"] = admission.model
-        if admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
+        if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
             await Cascade(self.kit, self._cheap_call(), {"state": {RECORDED: "cascade"}}).run(data, admission)
         self._stash(data, admission)
         return admission
@@ -177,9 +193,10 @@ class CostKitCallback(CustomLogger):
         )
 
     def _stash(self, data: dict[str, Any], admission: Admission) -> None:
-        metadata = data.get("metadata")
+        key: MetadataKey = metadata_key(data, CHAT)  # the proxy's own dict on this route, never the client's
+        metadata = data.get(key)
         if metadata is None:
-            metadata = data["metadata"] = {}
+            metadata = data[key] = {}
         if isinstance(metadata, dict):  # a client's malformed non-dict metadata is left as it is
             metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
 
@@ -187,10 +204,11 @@ class CostKitCallback(CustomLogger):
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
         """Proxy hook: admit the request or refuse it with an OpenAI-shaped HTTP error."""
-        if not self.kit.config.enabled or str(call_type) not in _CHAT_CALLS:
+        row = _call_type(call_type)
+        if not self.kit.config.enabled or not row.billable:
             return data
         try:
-            await self.admit(data)
+            await self.admit(data, row)
         except RequestRejected as exc:
             raise as_http_exception(exc) from None
         except RequestAnswered as answer:
@@ -201,7 +219,7 @@ class CostKitCallback(CustomLogger):
     # --- response headers ---------------------------------------------------------------
     def headers_for(self, data: Mapping[str, Any], response: Any) -> dict[str, str]:
         """The ``x-costkit-*`` headers for a finished request."""
-        stash = Stash.read(request_metadata(data).get(STASH_KEY))
+        stash = Stash.read(request_metadata(data, metadata_key(data, CHAT)).get(STASH_KEY))
         if stash is None:
             return {}
         headers = dict(stash.headers)
@@ -235,14 +253,19 @@ class CostKitCallback(CustomLogger):
         if not isinstance(payload, Mapping):
             return None
         params = kwargs.get("litellm_params")
-        raw = request_metadata(params).get(STASH_KEY) if isinstance(params, Mapping) else None
+        row = _call_type(kwargs.get("call_type") or payload.get("call_type"))
+        raw = _stash_of(params) if isinstance(params, Mapping) else None
         if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
             return None  # admitted by another kit in this process: that kit records it
         state = raw.get("state") if isinstance(raw, Mapping) else None
         if isinstance(state, Mapping) and state.get(RECORDED):
             return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
         stash = Stash.read(raw)
-        context = stash.context if stash is not None else from_logging_payload(payload, self.kit.config.request)
+        context = (
+            stash.context
+            if stash is not None
+            else from_logging_payload(payload, self.kit.config.request, endpoint=row.endpoint)
+        )
         cost = cost_nano(payload.get("response_cost"))
         if kind == "failure" and cost is None:
             cost = Nano(0)

@@ -7,20 +7,39 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import litellm
+from litellm.litellm_core_utils.llm_cost_calc.utils import get_service_tier_cost_key
 
 from costkit_litellm.pricing import ModelPrice
 
 log = logging.getLogger(__name__)
 
 RouterGetter = Callable[[], Any]
+SERVICE_TIERS = ("flex", "priority")
+"""OpenAI's service tiers priced apart in LiteLLM's price map (``auto`` is priced at the dearest)."""
+_FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _price_from_info(info: Mapping[str, Any]) -> ModelPrice | None:
-    inp, out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-    if inp is None or out is None:
+    """A per-token price from LiteLLM's model info (or a deployment's params), with its service
+    tiers (``input_cost_per_token_priority``...); reasoning tokens are output, at the dearer price."""
+    inp, out = _number(info.get("input_cost_per_token")), _number(info.get("output_cost_per_token"))
+    if inp is None and out is None:
         return None
+    inp, out = inp or 0.0, out or 0.0
+    reasoning = _number(info.get("output_cost_per_reasoning_token"))
+    out = max(out, reasoning or 0.0)
+    tiers: dict[str, tuple[float, float]] = {}
+    for tier in SERVICE_TIERS:
+        tier_in = _number(info.get(get_service_tier_cost_key("input_cost_per_token", tier)))
+        tier_out = _number(info.get(get_service_tier_cost_key("output_cost_per_token", tier)))
+        if tier_in is not None or tier_out is not None:
+            tiers[tier] = (tier_in if tier_in is not None else inp, max(tier_out if tier_out is not None else out, 0))
     max_out = info.get("max_output_tokens") or info.get("max_tokens")
-    return ModelPrice.from_per_token_usd(float(inp), float(out), int(max_out) if max_out else None)
+    return ModelPrice.from_per_token_usd(inp, out, int(max_out) if max_out else None, tiers=tiers)
 
 
 def _model_info(model: str) -> ModelPrice | None:
@@ -53,6 +72,29 @@ class LiteLLMPriceSource:
             return []
         return [d.get("litellm_params") or {} for d in found if isinstance(d, Mapping)]
 
+    def fallbacks(self, model: str, requested: Any = None) -> list[str]:
+        """Every model group a request for ``model`` can end up on: the router's fallbacks (all
+        kinds, followed transitively, plus its default fallbacks) and the request's own ``fallbacks``."""
+        router = self._router()
+        graph: dict[str, list[str]] = {}
+        defaults: list[str] = []
+        for setting in _FALLBACK_SETTINGS:
+            for entry in (getattr(router, setting, None) or []) if router is not None else []:
+                if isinstance(entry, Mapping):
+                    for group, targets in entry.items():
+                        graph.setdefault(str(group), []).extend(_names(targets))
+        if router is not None:
+            defaults = _names(getattr(router, "default_fallbacks", None) or [])
+        found: dict[str, None] = {}
+        pending = [*_names(requested), *graph.get(model, []), *graph.get("*", []), *defaults]
+        while pending:
+            name = pending.pop()
+            if name == model or name in found:
+                continue
+            found[name] = None
+            pending.extend(graph.get(name, []))
+        return list(found)
+
     def deployment_model(self, model: str) -> str | None:
         """The provider model behind a group (its first deployment), for token counting."""
         for params in self.deployments(model):
@@ -83,6 +125,19 @@ class LiteLLMPriceSource:
         )
         self._cache[model] = result
         return result
+
+
+def _names(value: Any) -> list[str]:
+    """Model group names from a fallbacks value (a list of names, or of ``{"model": ...}`` dicts)."""
+    if isinstance(value, str):
+        return [value]
+    names: list[str] = []
+    for item in value if isinstance(value, (list, tuple)) else []:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, Mapping) and isinstance(item.get("model"), str):
+            names.append(item["model"])
+    return names
 
 
 def count_prompt_tokens(model: str | None, messages: Any) -> int:

@@ -2,9 +2,18 @@
 
 It stands in for what no test can reach (an LLM provider on the internet) and
 nothing else: it answers ``POST /v1/chat/completions`` (JSON, or SSE when
-``stream: true``), ``POST /v1/embeddings`` and ``GET /v1/models`` with
-deterministic content, configurable latency, token counts and failures, and it
-counts what it served (``GET /_stats``, reset with ``POST /_stats/reset``).
+``stream: true``), ``/v1/completions``, ``/v1/responses`` (JSON or SSE),
+``/v1/embeddings``, ``/v1/images/generations``, ``/v1/audio/speech``,
+``/v1/audio/transcriptions``, ``/v1/moderations``, ``/v1/rerank`` (Cohere's
+shape) and ``GET /v1/models`` with deterministic content, configurable latency,
+token counts and failures, and it counts what it served (``GET /_stats``, reset
+with ``POST /_stats/reset``).
+
+It bills like a real provider (see ``fake_billing``): input tokens from every
+billable field, output up to the request's cap (all of it with
+``fill_output=True``, and then up to ``max_output_tokens`` when the request sets
+no cap), reasoning tokens as output, and the ``service_tier`` asked for echoed
+back. Each answered request's usage is kept in ``RecordedRequest.usage``.
 
 Per-request overrides (headers, e.g. set through a deployment's
 ``litellm_params.extra_headers``):
@@ -12,6 +21,8 @@ Per-request overrides (headers, e.g. set through a deployment's
 - ``x-fake-latency-ms``: latency of this request, in milliseconds.
 - ``x-fake-fail``: answer with this HTTP status (429 or 500) instead.
 - ``x-fake-reply``: reply with this content.
+- ``x-fake-tool-call``: answer a request that offers tools with a call to its
+  first tool with these JSON arguments (what a looping agent sees).
 
 It does not import litellm. Use it from sync or async tests alike, since it
 serves from a background thread with its own event loop::
@@ -44,6 +55,9 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from costkit_litellm.testing.fake_billing import estimate_tokens, output_cap, prompt_tokens
+from costkit_litellm.testing.fake_endpoints import FakeEndpoints
 
 _LATENCY_KEY = web.RequestKey("fake_latency_s", float)
 
@@ -81,6 +95,10 @@ class RecordedRequest:
     """HTTP status the provider answered with."""
     latency_s: float
     """Latency applied before answering (configured, or from ``x-fake-latency-ms``)."""
+    usage: Mapping[str, Any] | None = None
+    """What this request was billed: ``prompt_tokens``, ``completion_tokens``, ``reasoning_tokens``,
+    ``service_tier``, ``characters`` (speech), ``seconds`` (transcription), ``images``, ``searches``
+    (rerank); None for failures and GETs."""
 
 
 @dataclass
@@ -104,11 +122,6 @@ class _Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
-
-
-def estimate_tokens(text: str) -> int:
-    """Roughly 4 characters per token, at least 1."""
-    return max(1, math.ceil(len(text) / 4))
 
 
 def fake_embedding(text: str, dimensions: int) -> list[float]:
@@ -161,6 +174,11 @@ class FakeProvider:
         embedding_dim: int = 16,
         models: Sequence[str] = DEFAULT_MODELS,
         record_limit: int = 1000,
+        fill_output: bool = False,
+        max_output_tokens: int = 16_384,
+        reasoning_tokens: int = 0,
+        image_tokens: int = 765,
+        tool_arguments: Any = None,
     ) -> None:
         """Configure the provider; nothing runs until :meth:`start`.
 
@@ -170,6 +188,15 @@ class FakeProvider:
         ``failure_rate`` of the POST requests fail with a status drawn from
         ``failure_statuses``; the draws come from ``random.Random(seed)``, so N
         requests always produce the same failure counts.
+
+        Billing: input tokens are counted over every billable field
+        (``image_tokens`` per image part) unless ``prompt_tokens`` fixes them.
+        ``fill_output`` writes the whole output cap, or ``max_output_tokens``
+        (the model's own maximum) when the request sets no cap; otherwise the
+        output is the reply's tokens (or ``completion_tokens``) plus
+        ``reasoning_tokens``, cut at the cap. ``tool_arguments`` (JSON-able)
+        makes every request that offers tools answer with a call to its first
+        tool with these arguments.
         """
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be within [0, 1], got {failure_rate}")
@@ -186,6 +213,11 @@ class FakeProvider:
         self.reply_json = reply_json
         self.embedding_dim = embedding_dim
         self.models = tuple(models)
+        self.fill_output = fill_output
+        self.max_output_tokens = max_output_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.image_tokens = image_tokens
+        self.tool_arguments = tool_arguments
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._stats = _Stats()
@@ -258,6 +290,15 @@ class FakeProvider:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        extra = FakeEndpoints(self)
+        app.router.add_post("/v1/completions", extra.completions)
+        app.router.add_post("/v1/responses", extra.responses)
+        app.router.add_post("/v1/images/generations", extra.images)
+        app.router.add_post("/v1/audio/speech", extra.speech)
+        app.router.add_post("/v1/audio/transcriptions", extra.transcription)
+        app.router.add_post("/v1/moderations", extra.moderation)
+        app.router.add_post("/v1/rerank", extra.rerank)
+        app.router.add_post("/v2/rerank", extra.rerank)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_stats", self._get_stats)
         app.router.add_post("/_stats/reset", self._reset_stats)
@@ -291,13 +332,13 @@ class FakeProvider:
         with self._lock:
             return list(self._recorded)
 
-    def _record(self, request: web.Request, body: Any, status: int) -> None:
+    def _record(self, request: web.Request, body: Any, status: int, usage: Mapping[str, Any] | None = None) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
         latency = float(request.get(_LATENCY_KEY, 0.0))
         with self._lock:
             self._stats.by_path[request.path] += 1
             self._stats.by_status[status] += 1
-            self._recorded.append(RecordedRequest(request.path, headers, body, status, latency))
+            self._recorded.append(RecordedRequest(request.path, headers, body, status, latency, usage))
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -320,6 +361,10 @@ class FakeProvider:
         if not isinstance(body, dict):
             error = {"message": "Request body must be a JSON object.", "type": "invalid_request_error"}
             return body, self._error_response(request, body, 400, {**error, "param": None, "code": None})
+        return body, await self._gate(request, body)
+
+    async def _gate(self, request: web.Request, body: Any) -> web.Response | None:
+        """Wait the latency and decide on a failure: the error response, or None to answer."""
         latency_ms = request.headers.get("x-fake-latency-ms")
         latency = float(latency_ms) / 1000 if latency_ms is not None else self.latency_s
         request[_LATENCY_KEY] = latency
@@ -329,8 +374,8 @@ class FakeProvider:
         status = int(forced) if forced else self._draw_failure()
         if status:
             error = _ERROR_BODIES.get(status, {**_ERROR_BODIES[500], "message": f"Fake HTTP {status}."})
-            return body, self._error_response(request, body, status, error)
-        return body, None
+            return self._error_response(request, body, status, error)
+        return None
 
     def _draw_failure(self) -> int:
         with self._lock:
@@ -355,42 +400,81 @@ class FakeProvider:
         last = " ".join(_last_user_text(body.get("messages")).split())
         return f"Fake reply from {body.get('model', '?')} to: {last[:80]}"
 
-    def _usage(self, body: dict[str, Any], reply: str) -> tuple[dict[str, int], str]:
-        prompt = self.prompt_tokens or estimate_tokens(_message_text(body.get("messages")))
-        completion = self.completion_tokens or estimate_tokens(reply)
+    def _bill(self, body: dict[str, Any], reply: str) -> tuple[dict[str, Any], str]:
+        """Billed usage (``prompt_tokens``, ``completion_tokens``, ``reasoning_tokens``) and the finish reason."""
+        prompt = self.prompt_tokens or prompt_tokens(body, self.image_tokens)
+        cap = output_cap(body)
+        reasoning = self.reasoning_tokens
+        if self.fill_output:
+            completion = cap or self.max_output_tokens
+        else:
+            completion = (self.completion_tokens or estimate_tokens(reply)) + reasoning
         finish_reason = "stop"
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(limit, int) and 0 < limit < completion:
-            completion, finish_reason = limit, "length"
+        if cap is not None and cap < completion:
+            completion, finish_reason = cap, "length"
+        reasoning = min(reasoning, completion)
         with self._lock:
             self._stats.prompt_tokens += prompt
             self._stats.completion_tokens += completion
-        usage = {
+        billed: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        billed["reasoning_tokens"] = reasoning
+        if isinstance(body.get("service_tier"), str):
+            billed["service_tier"] = body["service_tier"]
+        return billed, finish_reason
+
+    def _usage(self, body: dict[str, Any], reply: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """Chat-shaped usage, the finish reason and what was billed."""
+        billed, finish_reason = self._bill(body, reply)
+        prompt, completion = billed["prompt_tokens"], billed["completion_tokens"]
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
-        return usage, finish_reason
+        if billed["reasoning_tokens"]:
+            usage["completion_tokens_details"] = {"reasoning_tokens": billed["reasoning_tokens"]}
+        return usage, finish_reason, billed
+
+    def _tool_call(self, request: web.Request, body: dict[str, Any]) -> tuple[str, str] | None:
+        """(tool name, JSON arguments) when this request must answer with a tool call."""
+        raw = request.headers.get("x-fake-tool-call")
+        arguments = raw if raw is not None else None
+        if arguments is None and self.tool_arguments is not None:
+            arguments = json.dumps(self.tool_arguments)
+        tools = body.get("tools")
+        if arguments is None or not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+            return None
+        first: dict[str, Any] = tools[0]
+        nested = first.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else first
+        return str(function.get("name") or "tool"), arguments
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body, error = await self._begin(request)
         if error is not None:
             return error
         reply = self._reply_text(request, body)
-        usage, finish_reason = self._usage(body, reply)
-        base = {
+        usage, finish_reason, billed = self._usage(body, reply)
+        base: dict[str, Any] = {
             "id": f"chatcmpl-fake-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
             "model": str(body.get("model", "fake")),
             "system_fingerprint": "fp_fake",
         }
-        self._record(request, body, 200)
-        if body.get("stream"):
+        if "service_tier" in billed:
+            base["service_tier"] = billed["service_tier"]
+        self._record(request, body, 200, billed)
+        tool = self._tool_call(request, body)
+        if body.get("stream") and tool is None:
             with self._lock:
                 self._stats.streams += 1
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, base, reply, usage, finish_reason, include_usage)
-        message = {"role": "assistant", "content": reply, "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": reply, "refusal": None}
+        if tool is not None:
+            function = {"name": tool[0], "arguments": tool[1]}
+            call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "function": function}
+            message, finish_reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         return web.json_response({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
 
@@ -439,10 +523,10 @@ class FakeProvider:
             if as_base64:  # the OpenAI SDK asks for this unless told otherwise
                 encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        prompt = sum(estimate_tokens(t) for t in texts)
+        prompt = self.prompt_tokens or sum(estimate_tokens(t) for t in texts)
         with self._lock:
             self._stats.prompt_tokens += prompt
-        self._record(request, body, 200)
+        self._record(request, body, 200, {"prompt_tokens": prompt, "completion_tokens": 0})
         usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         model = str(body.get("model", "fake-embedding"))
         return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})

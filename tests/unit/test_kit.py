@@ -46,8 +46,8 @@ class TestAdmit:
         kit, _ = make_kit()
         ctx = RequestContext(call_id="c1", model="mini")
         admission = await kit.admit(ctx, prompt_tokens=10, deployment_model="openai/gpt-4o-mini")
-        assert admission.estimate.amount == 10 * 150 + 4096 * 600
-        assert admission.headers[HEADER_MAX_COST] == "0.002459100"
+        assert admission.estimate.amount == 10 * 150 + 16_384 * 600  # no max_tokens: the model's maximum output
+        assert admission.headers[HEADER_MAX_COST] == "0.009831900"
         await kit.close()
 
     async def test_unknown_price_says_unknown(self) -> None:
@@ -106,7 +106,7 @@ class TestRecord:
         assert [e.entry_id for e in entries] == ["c1:success"]
         assert entries[0].fields["costkit.cost_nano"] == "13500"
         assert entries[0].fields["costkit.attr.feature"] == "chat"
-        labels = {"model": "mini", "tier": "none", "feature": "chat"}
+        labels = {"model": "mini", "tier": "none", "endpoint": "chat", "feature": "chat"}
         assert registry.get_sample_value("costkit_spend_usd_total", labels) == pytest.approx(13_500e-9, abs=1e-15)
         await kit.close()
 
@@ -118,7 +118,7 @@ class TestRecord:
         entries = await kit.store.ledger_read()
         assert sum(int(e.fields["costkit.cost_nano"]) for e in entries) == 13_501_000
         spend = registry.get_sample_value(
-            "costkit_spend_usd_total", {"model": "mini", "tier": "none", "feature": "chat"}
+            "costkit_spend_usd_total", {"model": "mini", "tier": "none", "endpoint": "chat", "feature": "chat"}
         )
         assert spend is not None and abs(spend - 0.013501) < 1e-9
         await kit.close()

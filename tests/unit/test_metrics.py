@@ -65,8 +65,9 @@ class TestCostKitMetrics:
             )
         )
         labels = {"model": "m", "tier": "economy", "feature": "email_writer"}
-        assert registry.get_sample_value("costkit_spend_usd_total", labels) == 1.5
-        assert registry.get_sample_value("costkit_requests_total", {**labels, "outcome": "success"}) == 1
+        by_endpoint = {**labels, "endpoint": "chat"}
+        assert registry.get_sample_value("costkit_spend_usd_total", by_endpoint) == 1.5
+        assert registry.get_sample_value("costkit_requests_total", {**by_endpoint, "outcome": "success"}) == 1
         assert registry.get_sample_value("costkit_tokens_total", {**labels, "direction": "output"}) == 20
         assert registry.get_sample_value("costkit_request_cost_usd_count", {"model": "m", "tier": "economy"}) == 1
         saved = {"source": "routing", "model": "m", "feature": "email_writer"}
@@ -80,10 +81,11 @@ class TestCostKitMetrics:
         metrics = CostKitMetrics([], registry=registry)
         metrics.record(event(None, cost=None))
         assert (
-            registry.get_sample_value("costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success"})
+            registry.get_sample_value("costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"})
             == 1
         )
-        assert registry.get_sample_value("costkit_spend_usd_total", {"model": "m", "tier": "none"}) is None
+        spend = {"model": "m", "tier": "none", "endpoint": "chat"}
+        assert registry.get_sample_value("costkit_spend_usd_total", spend) is None
 
     def test_one_set_per_registry(self) -> None:
         """Asking twice for the same registry returns the same metrics instead of registering twice."""
@@ -111,7 +113,7 @@ class TestCostKitMetrics:
             metrics.record(event(None))
             assert (
                 registry.get_sample_value(
-                    "costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success"}
+                    "costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"}
                 )
                 == 1
             )

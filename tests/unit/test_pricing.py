@@ -48,11 +48,44 @@ class TestWorstCase:
         assert estimate.amount == 10 * 150 + 50 * 600
         assert estimate.max_output_tokens == 50
 
-    def test_without_max_tokens_uses_model_max_capped_by_default(self) -> None:
-        """No max_tokens: the model's maximum (16,384) capped by default_max_output_tokens (4,096)."""
+    def test_without_max_tokens_holds_the_model_maximum(self) -> None:
+        """No output cap (output_bound: model_max): the model's own maximum (16,384), nothing injected."""
         estimate = self.pricing.worst_case("mini", prompt_tokens=10, max_tokens=None)
-        assert estimate.max_output_tokens == 4096
-        assert estimate.amount == 10 * 150 + 4096 * 600
+        assert estimate.max_output_tokens == 16_384
+        assert estimate.amount == 10 * 150 + 16_384 * 600
+        assert estimate.inject_max_tokens is None
+
+    def test_inject_default_holds_and_injects_the_default(self) -> None:
+        """output_bound: inject_default holds default_max_output_tokens and asks the adapter to write it in."""
+        config = PricingConfig(output_bound="inject_default", default_max_output_tokens=512)
+        estimate = Pricing(config, FixedPrices({"mini": GPT_4O_MINI})).worst_case("mini", 10, None)
+        assert (estimate.max_output_tokens, estimate.inject_max_tokens) == (512, 512)
+        assert estimate.amount == 10 * 150 + 512 * 600
+
+    def test_unknown_model_maximum_is_injected(self) -> None:
+        """A model whose maximum output is unknown cannot be bounded without a cap: the default is injected."""
+        bare = ModelPrice.from_per_token_usd(1.5e-07, 6e-07)
+        estimate = Pricing(PricingConfig(), FixedPrices({"bare": bare})).worst_case("bare", 0, None)
+        assert estimate.inject_max_tokens == 4096
+
+    def test_fallbacks_price_at_the_dearest(self) -> None:
+        """A request that can fall back to a dearer model is held at the dearer model's price."""
+        big = ModelPrice.from_per_token_usd(2.5e-06, 1e-05, max_output_tokens=16384)
+        pricing = Pricing(PricingConfig(), FixedPrices({"mini": GPT_4O_MINI, "big": big}))
+        estimate = pricing.worst_case("mini", 100, 50, fallbacks=["big"])
+        assert estimate.amount == 100 * 2_500 + 50 * 10_000
+
+    def test_service_tier_prices_at_the_tier(self) -> None:
+        """service_tier priority is held at the priority price; auto at the dearest tier."""
+        tiered = ModelPrice.from_per_token_usd(1.5e-07, 6e-07, 16384, tiers={"priority": (2.5e-07, 1e-06)})
+        pricing = Pricing(PricingConfig(), FixedPrices({"mini": tiered}))
+        assert pricing.worst_case("mini", 10, 50, service_tier="priority").amount == 10 * 250 + 50 * 1_000
+        assert pricing.worst_case("mini", 10, 50, service_tier="auto").amount == 10 * 250 + 50 * 1_000
+        assert pricing.worst_case("mini", 10, 50, service_tier="default").amount == 10 * 150 + 50 * 600
+
+    def test_embeddings_have_no_output(self) -> None:
+        """output=False (embeddings) holds the input only."""
+        assert self.pricing.worst_case("mini", 10, None, output=False).amount == 10 * 150
 
     def test_model_max_below_cap_wins(self) -> None:
         """A model whose maximum output is below the cap is estimated at its maximum."""
