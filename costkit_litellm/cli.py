@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     rep = sub.add_parser("report", help="spend, savings and margin by feature, user, team, model, tier or endpoint")
     rep.add_argument("--config", default="proxy_config.yaml")
-    rep.add_argument("--by", default="feature", help="feature, user, team, model, tier, outcome, endpoint, or tag:<key>")
+    rep.add_argument("--by", default="feature", help="feature, user, team, model, tier, outcome, endpoint, tag:<key>")
     rep.add_argument("--since", type=parse_duration, default=None, help="e.g. 24h, 7d (default: all)")
     rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rep.add_argument(

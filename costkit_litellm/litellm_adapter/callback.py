@@ -25,7 +25,7 @@ from costkit_litellm.litellm_adapter.call_types import call_type as _call_type
 from costkit_litellm.litellm_adapter.cascade import Cascade
 from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
-from costkit_litellm.litellm_adapter.estimates import Estimator
+from costkit_litellm.litellm_adapter.estimates import Estimator, conversation
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter
 from costkit_litellm.money import Nano, format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stash
@@ -53,9 +53,11 @@ def as_http_exception(exc: RequestRejected) -> ProxyException:
 
     A ``ProxyException`` keeps its ``type``; an ``HTTPException(429)`` would be retyped ``rate_limit_error``.
     """
-    return ProxyException(
+    error = ProxyException(
         message=exc.message, type=exc.error_type, param=None, code=exc.status, headers=dict(exc.headers) or None
     )
+    error.status_code = exc.status  # routes that rebuild errors (audio) read status_code, else answer 500
+    return error
 
 
 def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
@@ -134,11 +136,8 @@ class CostKitCallback(CustomLogger):
         if estimate.inject_max_tokens is not None and row.output_cap is not None:
             data[row.output_cap] = estimate.inject_max_tokens  # the bound holds only if the provider stops there
         tokens = estimate.prompt_tokens
-        messages = data.get("messages")
         try:
-            admission = await self.kit.admit(
-                context, tokens, deployment, messages if isinstance(messages, list) else (), estimate=estimate
-            )
+            admission = await self.kit.admit(context, tokens, deployment, conversation(data), estimate=estimate)
         except RequestRejected as exc:
             await self._record_stop(data, context, "rejected", exc.error_type, tokens)
             raise

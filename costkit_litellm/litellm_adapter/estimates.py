@@ -233,3 +233,13 @@ def _search_units(data: Mapping[str, Any]) -> int:
     documents: list[Any] = raw if isinstance(raw, list) else []
     chunks: int = sum(max(1, math.ceil(_json_len(d) / _CHARS_PER_TOKEN / _RERANK_CHUNK_TOKENS)) for d in documents)
     return max(1, math.ceil(chunks / _RERANK_DOCS_PER_SEARCH))
+
+
+def conversation(data: Mapping[str, Any]) -> Sequence[Any]:
+    """The request as the stages see it: its ``messages``, or, for a call without them (embeddings,
+    speech, rerank...), one user message holding its inputs, so the breaker tells requests apart."""
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        return messages
+    inputs = {k: data[k] for k in (*_TEXT_FIELDS, "query", "documents") if data.get(k) not in (None, "", [])}
+    return [{"role": "user", "content": _text_of(inputs)}] if inputs else ()

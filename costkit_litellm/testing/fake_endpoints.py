@@ -1,8 +1,9 @@
 """The fake provider's endpoints beyond chat and embeddings: what a proxy routes to a provider.
 
 Each answers in the shape the real API uses and records what it billed (``RecordedRequest.usage``):
-text completions and Responses (tokens), images (count, size, quality), speech (characters),
-transcription (seconds of audio), moderation (free), rerank (Cohere search units).
+text completions and Responses (tokens), images (count, size, quality, image tokens),
+speech (characters, whitespace aside, as LiteLLM prices them), transcription (seconds of
+audio), moderation (free), rerank (Cohere search units).
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ class FakeEndpoints:
         if error is not None:
             return error
         text = str(body.get("input") or "")
-        self.provider._record(request, body, 200, {"characters": len(text)})
+        # Characters other than whitespace: the unit LiteLLM's price map prices speech in.
+        characters = sum(1 for c in text if not c.isspace())
+        self.provider._record(request, body, 200, {"characters": characters})
         return web.Response(body=b"ID3" + text.encode()[:64], content_type="audio/mpeg")
 
     async def transcription(self, request: web.Request) -> web.Response:

@@ -81,7 +81,9 @@ class TestCostKitMetrics:
         metrics = CostKitMetrics([], registry=registry)
         metrics.record(event(None, cost=None))
         assert (
-            registry.get_sample_value("costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"})
+            registry.get_sample_value(
+                "costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"}
+            )
             == 1
         )
         spend = {"model": "m", "tier": "none", "endpoint": "chat"}
