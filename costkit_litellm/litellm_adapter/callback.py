@@ -56,7 +56,7 @@ def as_http_exception(exc: RequestRejected) -> ProxyException:
     error = ProxyException(
         message=exc.message, type=exc.error_type, param=None, code=exc.status, headers=dict(exc.headers) or None
     )
-    error.status_code = exc.status  # routes that rebuild errors (audio) read status_code, else answer 500
+    error.status_code = exc.status  # type: ignore[attr-defined]  # audio routes read status_code, else 500
     return error
 
 
