@@ -124,6 +124,55 @@ ROWS: tuple[CallType, ...] = (
     CallType("ocr", _pair("ocr"), "/v1/ocr", "unbounded"),
     CallType("generate_content", _pair("generate_content", "generate_content_stream"), "/v1beta/models", "unbounded"),
     CallType("assistants", _pair("run_thread", "run_thread_stream"), "/v1/threads", "unbounded"),
+    CallType(
+        "video_read",
+        _pair("video_content", "video_list", "video_status", "video_retrieve", "video_get_character")
+        + _pair("video_create_character", "video_delete"),
+        "/v1/videos",
+        "free",
+    ),
+    CallType(
+        "vector_stores",
+        _pair("vector_store_create", "vector_store_retrieve", "vector_store_list", "vector_store_update")
+        + _pair("vector_store_delete", "vector_store_file_create", "vector_store_file_list")
+        + _pair("vector_store_file_retrieve", "vector_store_file_content", "vector_store_file_update")
+        + _pair("vector_store_file_delete"),
+        "/v1/vector_stores",
+        "free",
+    ),
+    CallType("containers", _pair("create_container", "upload_container_file"), "/v1/containers", "unbounded"),
+    CallType(
+        "containers_read",
+        _pair("list_containers", "retrieve_container", "delete_container", "list_container_files")
+        + _pair("retrieve_container_file_content"),
+        "/v1/containers",
+        "free",
+    ),
+    CallType("evals", _pair("create_eval", "create_run"), "/v1/evals", "unbounded"),
+    CallType(
+        "evals_read",
+        _pair("get_eval", "list_evals", "update_eval", "delete_eval", "cancel_eval")
+        + _pair("get_run", "list_runs", "cancel_run", "delete_run"),
+        "/v1/evals",
+        "free",
+    ),
+    CallType("interactions", _pair("create_interaction"), "/v1beta/interactions", "unbounded"),
+    CallType(
+        "interactions_read",
+        _pair("get_interaction", "delete_interaction", "cancel_interaction"),
+        "/v1beta/interactions",
+        "free",
+    ),
+    CallType("a2a", _pair("send_message"), "/a2a", "unbounded"),
+    CallType(
+        "agents_admin",
+        _pair("create_agent", "get_agent", "delete_agent", "list_agents", "list_agent_versions"),
+        "/v1/agents",
+        "free",
+    ),
+    CallType("skills", _pair("create_skill", "list_skills", "get_skill", "delete_skill"), "/v1/skills", "free"),
+    CallType("decisions", _pair("decisions", "systemone"), "/v1/decisions", "unbounded"),
+    CallType("guardrails", ("apply_guardrail",), "/guardrails/apply_guardrail", "free"),
     CallType("mcp", ("call_mcp_tool", "list_mcp_tools"), "/mcp", "free"),
 )
 UNKNOWN = CallType("other", (), "/", "unbounded")

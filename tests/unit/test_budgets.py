@@ -18,8 +18,8 @@ from costkit_litellm.errors import ConfigError, RequestRejected
 from costkit_litellm.kit import CostKit
 from costkit_litellm.money import Nano, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome
-from costkit_litellm.pricing import ModelPrice
-from costkit_litellm.store import MemoryStore, StoreError
+from costkit_litellm.pricing import CostEstimate, ModelPrice
+from costkit_litellm.store import Limit, MemoryStore, StoreError
 
 # $1 per million input and output tokens: 1,000 n$ a token, easy sums.
 PRICES = {
@@ -385,3 +385,48 @@ class TestOutage:
         store.down = False
         await admit(kit, request(user="u2"))  # the next request replays the queue
         assert await spent(kit, before) == (30_000, 0)
+
+
+class TestUnboundedCalls:
+    """Calls whose cost cannot be bounded before they are sent (batches, pass-through, unknown types)."""
+
+    BUDGET = {"name": "daily", "scope": "user", "limit_usd": 1, "window": "day"}
+
+    async def test_refused_under_a_budget_naming_it_and_the_endpoint(self) -> None:
+        """unbounded_calls: reject (the default) answers 400 budget_unbounded_call naming the budget and endpoint."""
+        kit, _, _ = make_kit([self.BUDGET])
+        unbounded = CostEstimate(None, 0, 0, None, unbounded="batches")
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(request(), 0, estimate=unbounded)
+        assert (info.value.status, info.value.error_type) == (400, "budget_unbounded_call")
+        assert "'daily'" in info.value.message and "'batches'" in info.value.message
+        await kit.close()
+
+    async def test_reserve_holds_the_configured_amount_then_commits_the_real_cost(self) -> None:
+        """unbounded_calls: reserve holds unbounded_reserve_usd and commits what the call really cost."""
+        kit, _, _ = make_kit(
+            [self.BUDGET], budget_settings={"unbounded_calls": "reserve", "unbounded_reserve_usd": 0.25}
+        )
+        context = request()
+        admission = await kit.admit(context, 0, estimate=CostEstimate(None, 0, 0, None, unbounded="pass_through"))
+        assert admission.state["budgets"]["amount"] == usd_to_nano(0.25)
+        await kit.record(
+            Outcome(
+                kind="success",
+                context=context,
+                model="small",
+                deployment_model=None,
+                cost=Nano(400_000_000),
+                state=admission.state,
+            )
+        )
+        usage = await kit.store.usage([Limit(key=admission.state["budgets"]["limits"][0]["key"], cap=0)])
+        assert (usage[0].committed, usage[0].reserved) == (400_000_000, 0)
+        await kit.close()
+
+    async def test_without_a_budget_unbounded_calls_pass(self) -> None:
+        """No budget applies: an unbounded call passes untouched."""
+        kit, _, _ = make_kit([])
+        admission = await kit.admit(request(), 0, estimate=CostEstimate(None, 0, 0, None, unbounded="realtime"))
+        assert "budgets" not in admission.state
+        await kit.close()
