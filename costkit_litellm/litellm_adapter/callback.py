@@ -122,6 +122,9 @@ class CostKitCallback(CustomLogger):
         stash so LiteLLM's failure or success callback for the same call does not count it again).
         """
         key = metadata_key(data, row)
+        client = data.get("metadata")
+        if key == "litellm_metadata" and isinstance(client, dict):
+            client.pop(STASH_KEY, None)  # the client's own dict on this route: never the pack's state
         try:
             context = from_request(data, self.kit.config.request, key, row.endpoint)
         except RequestRejected as exc:
