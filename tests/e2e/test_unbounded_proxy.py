@@ -81,7 +81,7 @@ class TestUnboundedCalls:
     def test_pass_through_is_held_with_reserve(
         self, start: Callable[[str, Mapping[str, Any]], ProxyServer], provider: FakeProvider
     ) -> None:
-        """unbounded_calls: reserve: the call is held at unbounded_reserve_usd and admitted; a hold above the limit never fits."""
+        """unbounded_calls: reserve holds unbounded_reserve_usd and admits; a hold above the limit never fits."""
         proxy = start("unbounded-reserve", {"unbounded_calls": "reserve", "unbounded_reserve_usd": 0.3})
         provider.reset()
         statuses = [
