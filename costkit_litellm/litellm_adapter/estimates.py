@@ -6,8 +6,8 @@ a ``CostEstimate``:
 - ``tokens`` (chat, text completions, Responses, Anthropic messages): input tokens over *every*
   billable field (messages with their tool calls, ``prompt``, ``input``, ``instructions``,
   ``system``, ``tools``, ``response_format`` / ``text``), by LiteLLM's tokenizer for the model and
-  never fewer than one token per 4 characters of the fields' JSON (images in messages by LiteLLM's
-  rule at its default size); output at the request's cap, else per ``pricing.output_bound``; ``n``
+  never fewer than one token per 4 characters of the fields' JSON (images, in ``messages`` or a
+  Responses ``input``, by LiteLLM's rule at its default size, not by their base64); output at the request's cap, else per ``pricing.output_bound``; ``n``
   and ``best_of`` multiply the output; priced at the dearest deployment or fallback, at the
   requested ``service_tier``.
 - ``embedding`` (embeddings, moderation): input tokens, no output.
@@ -57,9 +57,48 @@ def _json_len(value: Any) -> int:
         return len(str(value))
 
 
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+
+def _without_images(value: Any) -> tuple[Any, int]:
+    """``value`` with its image parts taken out (their base64 is not text), and how many there were."""
+    if isinstance(value, list):
+        kept, count = [], 0
+        for item in value:
+            if isinstance(item, Mapping) and item.get("type") in _IMAGE_PARTS:
+                count += 1
+                continue
+            inner, found = _without_images(item)
+            kept.append(inner)
+            count += found
+        return kept, count
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        count = 0
+        for key, item in value.items():
+            out[key], found = _without_images(item)
+            count += found
+        return out, count
+    return value, 0
+
+
 def _chars_bound(data: Mapping[str, Any], fields: Iterable[str]) -> int:
-    """At least one token per 4 characters of each billable field's JSON (a tokenizer-free floor)."""
-    return sum(math.ceil(_json_len(data[f]) / _CHARS_PER_TOKEN) for f in fields if data.get(f) not in (None, "", []))
+    """At least one token per 4 characters of each billable field's JSON, images aside (a tokenizer-free floor)."""
+    return sum(
+        math.ceil(_json_len(_without_images(data[f])[0]) / _CHARS_PER_TOKEN)
+        for f in fields
+        if data.get(f) not in (None, "", [])
+    )
+
+
+def _image_tokens(model: str) -> int:
+    """Tokens of one image by LiteLLM's rule (its default size, high detail)."""
+    part = {"type": "image_url", "image_url": {"url": "https://example.invalid/i.png", "detail": "high"}}
+    image = [{"role": "user", "content": [part]}]
+    try:
+        return int(litellm.token_counter(model=model, messages=image, use_default_image_token_count=True))
+    except Exception:
+        return 1_105  # OpenAI's high-detail 1024x1024 for gpt-4o (85 + 6 tiles x 170)
 
 
 def _text_of(value: Any) -> str:
@@ -77,13 +116,17 @@ def input_tokens(model: str | None, data: Mapping[str, Any]) -> int:
         except Exception:  # a message LiteLLM cannot read: the character floor below still counts it
             counted += 0
     others = [f for f in _TEXT_FIELDS if data.get(f) not in (None, "", [])]
+    images = 0
     if others:
-        text = "\n".join(_text_of(data[f]) for f in others)
+        stripped = [_without_images(data[f]) for f in others]
+        images = sum(found for _, found in stripped)
+        text = "\n".join(_text_of(value) for value, _ in stripped)
         try:
             counted += int(litellm.token_counter(model=name, text=text))
         except Exception:
             counted += 0
-    return max(counted, _chars_bound(data, ("messages", *_TEXT_FIELDS)))
+    allowance = images * _image_tokens(name) if images else 0
+    return max(counted, _chars_bound(data, ("messages", *_TEXT_FIELDS))) + allowance
 
 
 def _embedding_tokens(model: str | None, data: Mapping[str, Any]) -> int:

@@ -130,6 +130,14 @@ class TestWorstCaseInputs:
         """A text the tokenizer packs tightly is still held at one token per 4 characters of it."""
         assert input_tokens("gpt-4o-mini", {"prompt": "a" * 40_000}) >= 10_000
 
+    def test_images_count_by_litellm_rule_not_by_their_base64(self) -> None:
+        """A 200 kB base64 image is held at LiteLLM's image tokens (chat and Responses), not at 50k 'tokens'."""
+        url = "data:image/png;base64," + "A" * 200_000
+        chat = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+        responses = {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": url}]}]}
+        for body in (chat, responses):
+            assert 50 < input_tokens("gpt-4o-mini", body) < 5_000
+
     def test_non_chat_calls_have_a_conversation_for_the_breaker(self) -> None:
         """Embeddings inputs become one message, so the breaker tells two different inputs apart."""
         assert conversation({"input": "one"}) != conversation({"input": "two"})
