@@ -8,8 +8,8 @@ a ``CostEstimate``:
   ``system``, ``tools``, ``response_format`` / ``text``), by LiteLLM's tokenizer for the model and
   never fewer than one token per 4 characters of the fields' JSON (images, in ``messages`` or a
   Responses ``input``, by LiteLLM's rule at its default size, not by their base64); output at
-  the request's cap, else per ``pricing.output_bound``; ``n`` and ``best_of`` multiply the output; priced at the dearest deployment or fallback, at the
-  requested ``service_tier``.
+  the request's cap, else per ``pricing.output_bound``; ``n`` and ``best_of`` multiply the output;
+  priced at the dearest deployment or fallback, at the requested ``service_tier``.
 - ``embedding`` (embeddings, moderation): input tokens, no output.
 - ``image``: LiteLLM's image cost function at the requested size and quality (the dearest it
   prices for the model when either is left out) x ``n``, plus the prompt's tokens.
