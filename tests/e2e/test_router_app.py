@@ -94,7 +94,8 @@ class TestRouter:
         assert entries[0].fields["costkit.attr.feature"] == "email_writer" and entries[0].fields["user.id"] == "123"
         assert Decimal(entries[0].fields["costkit.cost_nano"]) * NANO == cost
         spend = registry.get_sample_value(
-            "costkit_spend_usd_total", {"model": "gpt-4o-mini", "tier": "none", "feature": "email_writer"}
+            "costkit_spend_usd_total",
+            {"model": "gpt-4o-mini", "tier": "none", "endpoint": "chat", "feature": "email_writer"},
         )
         assert spend is not None and abs(Decimal(repr(spend)) - cost) < NANO
         await kit.close()
