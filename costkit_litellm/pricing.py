@@ -175,13 +175,13 @@ class Pricing:
             outs = [0 for _ in candidates]
         elif requested is not None:
             outs = [requested for _ in candidates]
-        elif self._config.output_bound == "model_max" and all(p and p.max_output_tokens for p in candidates):
+        elif self._config.output_bound == "model_max" and all(p is None or p.max_output_tokens for p in candidates):
             outs = [p.max_output_tokens or 0 for p in candidates if p is not None]
         else:
             outs, inject = [cap for _ in candidates], cap
         max_out = max(outs) if outs else 0
         if any(p is None for p in candidates):
-            return CostEstimate(None, prompt_tokens, max_out, None, inject)
+            return CostEstimate(None, prompt_tokens, max_out, None)  # no bound to keep: nothing to inject
         best: tuple[int, ModelPrice] | None = None
         for price, out in zip(candidates, outs, strict=True):
             assert price is not None

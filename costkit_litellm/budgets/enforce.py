@@ -94,7 +94,7 @@ class BudgetStage:
         if not applied and not admission.extra_limits:
             return
         await self._flush_pending()
-        if any(a.budget.action == "downgrade" for a in applied):
+        if admission.estimate.unbounded is None and any(a.budget.action == "downgrade" for a in applied):
             await self._maybe_downgrade(admission, applied)
         amount = self._amount(admission, applied)
         for budget in applied:

@@ -136,8 +136,6 @@ class CostKitCallback(CustomLogger):
             raise
         deployment = self.prices.deployment_model(context.model)
         estimate = Estimator(self.kit.pricing, self.prices).worst_case(row, data, context.model, deployment)
-        if estimate.inject_max_tokens is not None and row.output_cap is not None:
-            data[row.output_cap] = estimate.inject_max_tokens  # the bound holds only if the provider stops there
         tokens = estimate.prompt_tokens
         try:
             admission = await self.kit.admit(context, tokens, deployment, conversation(data), estimate=estimate)
@@ -149,6 +147,9 @@ class CostKitCallback(CustomLogger):
             raise
         if admission.model is not None:
             data["model"] = admission.model
+        inject = admission.estimate.inject_max_tokens  # of the final estimate (after routing or a downgrade)
+        if inject is not None and row.output_cap is not None and context.params.max_tokens is None:
+            data[row.output_cap] = inject  # the hold is a bound only if the provider stops there
         if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
             await Cascade(self.kit, self._cheap_call(), {"state": {RECORDED: "cascade"}}).run(data, admission)
         self._stash(data, admission)

@@ -135,7 +135,7 @@ class RoutingStage:
             return unknown  # a tier without a price makes the whole worst case unknown
         last = estimates[-1]
         total = Nano(sum(e.amount or 0 for e in estimates))
-        return CostEstimate(total, tokens, last.max_output_tokens, last.price)
+        return CostEstimate(total, tokens, last.max_output_tokens, last.price, last.inject_max_tokens)
 
     async def on_outcome(self, outcome: Outcome) -> None:
         """Nothing after the call (savings are computed by the accounting stage from the state)."""
