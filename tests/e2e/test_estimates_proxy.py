@@ -9,6 +9,10 @@ exceeds the limit. On the old code each case overspent: the hold missed the ``pr
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -18,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from costkit_litellm.cli import main as costkit_main
 from costkit_litellm.testing.fake_provider import FakeProvider, RecordedRequest
 from costkit_litellm.testing.proxy_server import ProxyServer, base_config, enable_costkit, openai_deployment
 from costkit_litellm.testing.redis_server import RedisServer
@@ -102,8 +107,22 @@ def injecting_proxy(
         yield server
 
 
+def _settled(proxy: ProxyServer, budget: str, timeout_s: float = 15.0) -> None:
+    """Wait until the budget holds nothing (LiteLLM settles a call in a background task after answering)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            costkit_main(["budgets", "show", budget, "--format", "json", "--config", str(proxy.config_path)])
+        rows = [json.loads(line) for line in out.getvalue().splitlines() if line]
+        if rows and all(row["reserved"] == 0 for row in rows):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{budget} still holds after {timeout_s}s")
+
+
 def _run(proxy: ProxyServer, provider: FakeProvider, path: str, body: dict[str, Any], feature: str) -> list[int]:
-    """Send the request until refused (at most 8 times); returns the statuses and checks the bill."""
+    """Send the request until refused (at most 8 times, each after the last settled); checks the bill."""
     provider.reset()
     statuses = []
     with httpx.Client(base_url=proxy.base_url, headers=proxy.auth_headers, timeout=60) as client:
@@ -112,6 +131,7 @@ def _run(proxy: ProxyServer, provider: FakeProvider, path: str, body: dict[str, 
             statuses.append(response.status_code)
             if response.status_code != 200:
                 break
+            _settled(proxy, f"cap_{feature}")
     billed = sum(billed_nano(r) for r in provider.recorded() if r.status == 200 and r.usage)
     assert statuses.count(200) >= 2, statuses
     assert statuses[-1] == 429, statuses
