@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 STASH_KEY = "costkit"
 RECORDED = "recorded"
 """Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
+SHUTTING_DOWN = RequestRejected(
+    "This costkit replica is shutting down and admits no new requests; retry (another replica will answer).",
+    status=503,
+    error_type="costkit_shutting_down",
+    headers={"Retry-After": "1"},
+)
 _CHAT_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses"})
 
 
@@ -189,6 +195,8 @@ class CostKitCallback(CustomLogger):
         """Proxy hook: admit the request or refuse it with an OpenAI-shaped HTTP error."""
         if not self.kit.config.enabled or str(call_type) not in _CHAT_CALLS:
             return data
+        if self.kit.closing:
+            raise as_http_exception(SHUTTING_DOWN)
         try:
             await self.admit(data)
         except RequestRejected as exc:
