@@ -248,6 +248,11 @@ class CostKit:
                 "costkit: %d budget operations spooled at an earlier shutdown are queued for replay", len(records)
             )
 
+    async def warm_up(self) -> None:
+        """Start now rather than on the first request (replays a spool at once); a store error is
+        logged, not raised (the next request retries)."""
+        await self._ensure_started()
+
     async def _ensure_started(self) -> None:
         try:
             await self.start()

@@ -13,6 +13,9 @@ function: before LiteLLM tears down, the pack
 3. runs ``CostKit.shutdown``: replays the outage queue, spools what the store does not take,
    flushes the webhook queue, closes the store.
 
+The kit starts (connects the store, replays a spool left by an earlier shutdown) as soon as the
+callback is built, on the proxy's loop.
+
 ``GET /costkit/readiness`` (no auth, for probes): 503 while the proxy drains or shuts down, and
 503 while the store does not answer under ``on_store_error: fail_closed`` (the replica would only
 answer 503s then); otherwise 200. Under ``fail_open`` the replica stays ready through an outage.
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 READINESS_PATH = "/costkit/readiness"
 _MARK = "_costkit_shutdown"
+_background: set[asyncio.Task[None]] = set()
 
 
 def litellm_draining() -> bool:
@@ -107,3 +111,15 @@ def install_proxy_lifecycle(callback: CostKitCallback) -> None:
         return
     _wrap_shutdown(proxy_server, callback)
     _add_readiness_route(proxy_server, callback)
+    _start_soon(callback)
+
+
+def _start_soon(callback: CostKitCallback) -> None:
+    """Connect the store (and replay a spool) while the proxy finishes starting, not on the first request."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # built outside the proxy's loop: the first request starts it
+        return
+    task = loop.create_task(callback.kit.warm_up())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
