@@ -66,11 +66,12 @@ class Spool:
         stale = time.time() - STALE_CLAIM_S
         paths = list(self.directory.glob(f"*{SUFFIX}"))
         paths += [p for p in self.directory.glob(f"*{SUFFIX}.claimed-*") if _mtime(p) < stale]
-        for path in sorted(paths, key=_mtime):
+        for path in sorted(paths, key=lambda p: p.name):  # <host>-<pid>-<ns>: oldest first per writer
             base = path.name.split(".claimed-")[0]
             target = path.with_name(f"{base}.claimed-{os.getpid()}")
             try:
                 os.rename(path, target)
+                os.utime(target)  # the claim is fresh: not stale for another STALE_CLAIM_S
             except OSError:  # another process claimed it first
                 continue
             claimed.append(target)
