@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
-
-import argparse
 
 from costkit_litellm.cli import build_parser, iter_parsers, main, parse_duration
 from costkit_litellm.reference import BEGIN, END, config_reference
