@@ -612,7 +612,8 @@ class TestKubernetes:
         assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
     def test_selectors_match_the_pods(self) -> None:
-        """The Service, PodDisruptionBudget and ServiceMonitor select the proxy pods; the HPA scales the Deployment on CPU."""
+        """The Service, PodDisruptionBudget and ServiceMonitor select the proxy pods; the HPA scales the
+        Deployment on CPU."""
         deployment = _kind("Deployment")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
