@@ -24,7 +24,14 @@ from costkit_litellm.store.factory import store_from_url
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost useful part of a connection error (``Connection refused``, ``timed out``)."""
+    """The useful part of a connection error: ``connection refused``, ``timed out``, else its text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "Connect call failed" in str(seen):
+            return "connection refused"
+        if isinstance(seen, TimeoutError) or "Timeout" in type(seen).__name__:
+            return "timed out"
+        seen = seen.__cause__ or seen.__context__
     text = str(exc.__cause__ or exc)
     return text.split(". ", 1)[-1].strip().rstrip(".") or type(exc).__name__
 
