@@ -158,7 +158,7 @@ class CostKit:
         self.stages.append(self.accounting)
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
-        self._spool = Spool(self.config.shutdown.spool_dir)
+        self._spool = Spool(self.config.shutdown.spool_dir, f"{self.config.redis_url}|{self.config.key_prefix}")
         self._spool_claimed: list[Path] | None = None
         self.closing = False
         """Set when shutdown begins: the adapter then refuses new requests (503)."""

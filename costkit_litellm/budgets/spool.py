@@ -1,7 +1,7 @@
 """The shutdown spool: post-call budget operations the store did not take, kept on disk until the next start.
 
 A process that stops while Redis does not answer (``fail_open``) still holds queued commits and
-releases. ``Spool.write`` puts them in ``<dir>/<host>-<pid>-<ns>.jsonl`` (written to a temporary
+releases. ``Spool.write`` puts them in ``<dir>/<store tag>-<host>-<pid>-<ns>.jsonl`` (written to a temporary
 name, then renamed: a reader never sees half a file). At the next start ``Spool.claim`` renames
 every such file to ``*.claimed-<pid>`` (atomic, so two replicas sharing the directory never take
 the same file), returns its records, and ``Spool.remove`` deletes the files once their records are
@@ -12,6 +12,7 @@ removal) charges nothing twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,17 +37,20 @@ def _mtime(path: Path) -> float:
 
 
 class Spool:
-    """A directory of JSON-lines files of budget operations."""
+    """A directory of JSON-lines files of budget operations, for one store (URL and key prefix):
+    a process only claims files written for the same store, so two deployments (or tests) sharing
+    a directory never replay each other's spend."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], store: str = "") -> None:
         self.directory = Path(directory)
+        self._tag = hashlib.sha256(store.encode()).hexdigest()[:12]
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> Path | None:
         """Write the records to a new file (none for no records); returns its path."""
         if not records:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        name = f"{self._tag}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         temporary = self.directory / f".{name}.tmp"
         with temporary.open("w", encoding="utf-8") as file:
             for record in records:
@@ -64,8 +68,8 @@ class Spool:
         records: list[dict[str, Any]] = []
         claimed: list[Path] = []
         stale = time.time() - STALE_CLAIM_S
-        paths = list(self.directory.glob(f"*{SUFFIX}"))
-        paths += [p for p in self.directory.glob(f"*{SUFFIX}.claimed-*") if _mtime(p) < stale]
+        paths = list(self.directory.glob(f"{self._tag}-*{SUFFIX}"))
+        paths += [p for p in self.directory.glob(f"{self._tag}-*{SUFFIX}.claimed-*") if _mtime(p) < stale]
         for path in sorted(paths, key=lambda p: p.name):  # <host>-<pid>-<ns>: oldest first per writer
             base = path.name.split(".claimed-")[0]
             target = path.with_name(f"{base}.claimed-{os.getpid()}")

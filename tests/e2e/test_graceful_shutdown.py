@@ -42,13 +42,15 @@ MINI_COST = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
 BUDGET_KEY = "budget:spend:total:"
 
 
-def _config(provider: FakeProvider, redis_url: str, prefix: str, spool: Path) -> dict[str, Any]:
+def _config(
+    provider: FakeProvider, redis_url: str, prefix: str, spool: Path, policy: str = "fail_open"
+) -> dict[str, Any]:
     config = base_config([openai_deployment("mini", provider.base_url)], num_retries=0)
     config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True}
     costkit = {
         "redis_url": redis_url,
         "key_prefix": prefix,
-        "budget_settings": {"on_store_error": "fail_open"},
+        "budget_settings": {"on_store_error": policy},
         "budgets": [{"name": "spend", "scope": "user", "limit_usd": "1000", "window": "total"}],
         "shutdown": {"spool_dir": str(spool), "flush_timeout_s": 20},
     }
@@ -230,3 +232,30 @@ async def test_sigterm_during_a_redis_outage_spools_and_the_next_start_replays(t
         assert usage == LimitUsage(BUDGET_KEY, billed, 0)
         assert billed == 5 * MINI_COST
         assert list(spool.iterdir()) == []
+
+
+async def test_readiness_follows_the_store_under_fail_closed(tmp_path: Path) -> None:
+    """/costkit/readiness answers 200 while Redis answers, 503 naming the store (fail_closed) while it
+    does not, and 200 again once it is back; under fail_open it stays 200 through the outage."""
+    with RedisServer(search=False) as redis, FakeProvider() as provider:
+        closed = ProxyServer(
+            write_config(tmp_path / "closed.yaml", _config(provider, redis.url, "ready-c", tmp_path, "fail_closed"))
+        )
+        opened = ProxyServer(write_config(tmp_path / "open.yaml", _config(provider, redis.url, "ready-o", tmp_path)))
+        with running(closed, opened):
+            async with httpx.AsyncClient(timeout=10) as client:
+
+                async def ready(proxy: ProxyServer) -> httpx.Response:
+                    return await client.get(f"{proxy.base_url}/costkit/readiness")
+
+                assert [(await ready(p)).status_code for p in (closed, opened)] == [200, 200]
+                redis.stop_server()
+                down = await ready(closed)
+                assert down.status_code == 503, down.text
+                assert down.json()["status"] == "store_unreachable" and down.json()["store"] == redis.url
+                assert (await ready(opened)).status_code == 200
+                redis.restart()
+                deadline = time.monotonic() + 20
+                while (await ready(closed)).status_code != 200:
+                    assert time.monotonic() < deadline, "not ready again after Redis came back"
+                    await asyncio.sleep(0.2)

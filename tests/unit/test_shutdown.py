@@ -107,10 +107,20 @@ class TestSpool:
         assert records == [{"op": "commit"}] and again.exists()
         assert spool.claim() == ([], [])  # claimed afresh
 
+    def test_only_files_of_the_same_store_are_claimed(self, tmp_path: Path) -> None:
+        """A spool written for another store (URL or key prefix) is left to that store's processes."""
+        Spool(tmp_path, "redis://a|costkit").write([{"op": "commit"}])
+        assert Spool(tmp_path, "redis://a|other").claim() == ([], [])
+        assert Spool(tmp_path, "redis://b|costkit").claim() == ([], [])
+        assert Spool(tmp_path, "redis://a|costkit").claim()[0] == [{"op": "commit"}]
+
     def test_a_torn_line_is_skipped(self, tmp_path: Path) -> None:
         """A line that is not JSON is skipped; the others are kept."""
-        (tmp_path / "x.jsonl").write_text('{"op": "commit"}\n{"op": "rel\n')
-        records, _ = Spool(tmp_path).claim()
+        spool = Spool(tmp_path)
+        path = spool.write([{"op": "commit"}])
+        assert path is not None
+        path.write_text(path.read_text() + '{"op": "rel\n')
+        records, _ = spool.claim()
         assert records == [{"op": "commit"}]
 
 
