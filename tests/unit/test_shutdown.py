@@ -198,3 +198,23 @@ class TestReadiness:
         k = kit(store, tmp_path, "fail_open")
         store.down = True
         assert await k.ready() == (True, {})
+
+
+class TestStopsAdmitting:
+    async def test_a_closing_kit_answers_503_through_the_proxy_hook(self, tmp_path: Path) -> None:
+        """Once shutdown begins, the proxy's pre-call hook refuses with a 503 saying the replica is shutting down."""
+        from litellm.proxy._types import ProxyException
+
+        from costkit_litellm.litellm_adapter.callback import CostKitCallback
+
+        k = kit(FlakyStore(), tmp_path)
+        callback = CostKitCallback(k, router=lambda: None)
+        data = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "litellm_call_id": "x"}
+        assert await callback.async_pre_call_hook(None, None, dict(data), "acompletion") is not None
+        await k.shutdown()
+        try:
+            await callback.async_pre_call_hook(None, None, dict(data), "acompletion")
+        except ProxyException as exc:
+            assert exc.code == "503" and exc.type == "costkit_shutting_down" and "shutting down" in exc.message
+        else:
+            raise AssertionError("a closing kit admitted a request")
