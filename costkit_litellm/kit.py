@@ -322,7 +322,7 @@ class CostKit:
             except OSError as exc:
                 log.error("costkit: could not spool %d budget operations: %s", len(records), exc)
                 report.lost = len(records)
-        if self._spool_claimed:  # replayed, or spooled again above
+        if self._spool_claimed and not report.lost:  # replayed, or spooled again above
             Spool.remove(self._spool_claimed)
             self._spool_claimed = []
         await self.close()
