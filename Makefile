@@ -16,16 +16,20 @@ help:
 	@echo "make lint        ruff + mypy --strict"
 	@echo "make bench       benchmarks in bench/ (tables, not tests)"
 
+# Installs print pip's progress (a cold install downloads about 1 GB: torch for the local embedder).
 $(BIN)/python:
+	@echo "== creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[local-embeddings]'
+	@echo "== installing costkit-litellm, litellm[proxy] and the local-embeddings extra (torch, ~1 GB) into $(VENV)"
+	$(BIN)/pip install --progress-bar on -e '.[local-embeddings]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,local-embeddings]'
+	@echo "== installing costkit-litellm with the test and local-embeddings extras into $(VENV)"
+	$(BIN)/pip install --progress-bar on -e '.[test,local-embeddings]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -33,9 +37,10 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev prometheus-tools
 
 # Debian's prometheus package: promtool (config/rule checks) and the server the e2e scrape
-# test starts. Idempotent; never starts the system service (policy-rc.d says no while apt
-# runs). Not root and not installed: a warning, and the tests that need it skip locally
-# (under CI they fail).
+# test starts (as a plain process on a free port). Needs root for apt-get; idempotent. It never
+# starts the system service (policy-rc.d says no while apt runs) and disables the one the package
+# enables, so nothing runs at the next boot. Not root and not installed: a warning, and the tests
+# that need it skip locally (under CI they fail).
 prometheus-tools:
 	@if [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; then :; \
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
@@ -43,8 +48,11 @@ prometheus-tools:
 	else \
 		policy=/usr/sbin/policy-rc.d; own=0; \
 		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && own=1; fi; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+		echo "== apt-get install prometheus (as root; its system service is left disabled)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
 		status=$$?; [ $$own = 1 ] && rm -f $$policy; \
+		deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true; \
+		update-rc.d prometheus disable >/dev/null 2>&1 || true; \
 		[ $$status = 0 ] && [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; \
 	fi
 

@@ -11,7 +11,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,27 @@ def _callbacks(document: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def check_config(path: str) -> int:
-    """Validate a proxy config's ``costkit:`` section; print what it sets up."""
+def print_problems(exc: ConfigError, path: str) -> None:
+    """One ``costkit:`` line per problem on stderr (the lines the proxy prints at start-up)."""
+    for problem in exc.problems:
+        print(f"costkit: {exc.source or path}: {problem}", file=sys.stderr)
+
+
+def check_config(path: str, connect: bool = False) -> int:
+    """Validate a proxy config's ``costkit:`` section (and with ``connect``, what it connects to);
+    print what it sets up."""
     try:
         config = load_config(path)
+        if connect:
+            from costkit_litellm.preflight import check_connections
+
+            check_connections(config, path, load_models=True)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_problems(exc, path)
         return 1
     document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     callbacks = _callbacks(document)
-    print(f"{path}: costkit configuration is valid")
+    print(f"{path}: costkit configuration is valid" + (" and its Redis, cache and models answer" if connect else ""))
     print(f"  state: {'Redis ' + mask_url(config.redis_url) if config.redis_url else 'in process (embedded default)'}")
     print(f"  metrics labels: {', '.join(('model', *config.metrics.tag_labels))}")
     for budget in config.budgets:
@@ -215,46 +226,83 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = "the proxy config file whose costkit: section to use"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option with a default, unless its help already says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or action.required:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def iter_parsers(
+    parser: argparse.ArgumentParser, name: str = "costkit"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command, with its full name (``costkit budgets set``)."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from iter_parsers(sub, f"{name} {sub_name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``costkit`` command."""
     parser = argparse.ArgumentParser(prog="costkit", description="Cost management for the LiteLLM proxy and Router.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate the costkit: section of a proxy config")
-    check.add_argument("config", help="path to proxy_config.yaml")
+    check.add_argument("config", help="path to the proxy config file (e.g. proxy_config.yaml)")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect: Redis answers, the cache's Redis has the search module, the embedder and the "
+        "router model load (default: off, the file alone is checked)",
+    )
     sub.add_parser("config-reference", help="print every costkit: key as a markdown table")
     led = sub.add_parser("ledger", help="print the usage ledger kept in Redis")
-    led.add_argument("--config", default="proxy_config.yaml")
-    led.add_argument("--since", type=parse_duration, default=None, help="e.g. 15m, 24h, 7d")
-    led.add_argument("--limit", type=int, default=None)
-    led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    led.add_argument("--config", default="proxy_config.yaml", help=CONFIG_HELP)
+    led.add_argument("--since", type=parse_duration, default=None, help="e.g. 15m, 24h, 7d (default: all)")
+    led.add_argument("--limit", type=int, default=None, help="most entries to print (default: no limit)")
+    led.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
     rep = sub.add_parser("report", help="spend, savings and margin by feature, user, team, model, tier or endpoint")
-    rep.add_argument("--config", default="proxy_config.yaml")
+    rep.add_argument("--config", default="proxy_config.yaml", help=CONFIG_HELP)
     rep.add_argument("--by", default="feature", help="feature, user, team, model, tier, outcome, endpoint, tag:<key>")
     rep.add_argument("--since", type=parse_duration, default=None, help="e.g. 24h, 7d (default: all)")
-    rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rep.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     rep.add_argument(
-        "--ledger", default=None, help="read a JSONL export (costkit ledger --format jsonl) instead of Redis"
+        "--ledger",
+        default=None,
+        help="read a JSONL export (costkit ledger --format jsonl) instead of Redis (default: Redis)",
     )
-    rep.add_argument("--plot", default=None, help="write spend over time by group to this PNG")
+    rep.add_argument("--plot", default=None, help="write spend over time by group to this PNG (default: no plot)")
     add_router_parser(sub)
     add_cache_parser(sub)
     bud = sub.add_parser("budgets", help="show, set, unset or reset budgets at runtime (needs costkit.redis_url)")
     bud_sub = bud.add_subparsers(dest="action", required=True)
     show = bud_sub.add_parser("show", help="spend, holds and limits of every live budget window")
-    show.add_argument("budget", nargs="?", default=None)
-    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.add_argument("budget", nargs="?", default=None, help="one budget's name (default: every budget)")
+    show.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     setp = bud_sub.add_parser("set", help="set a runtime limit (wins over the config on every replica)")
-    setp.add_argument("budget")
-    setp.add_argument("--limit-usd", required=True)
+    setp.add_argument("budget", help="the budget's name in the config")
+    setp.add_argument("--limit-usd", required=True, help="the new cap in dollars, e.g. 5 or 0.50")
     setp.add_argument("--value", default=None, help="one scope value (a user, a feature); default: all")
     unset = bud_sub.add_parser("unset", help="remove a runtime limit")
-    unset.add_argument("budget")
-    unset.add_argument("--value", default=None)
+    unset.add_argument("budget", help="the budget's name in the config")
+    unset.add_argument(
+        "--value", default=None, help="the scope value whose limit to remove (default: the all-values one)"
+    )
     reset = bud_sub.add_parser("reset", help="forget the spend of the current window")
-    reset.add_argument("budget")
-    reset.add_argument("--value", default=None)
+    reset.add_argument("budget", help="the budget's name in the config")
+    reset.add_argument("--value", default=None, help="one scope value (default: every value)")
     for p in (show, setp, unset, reset):
-        p.add_argument("--config", default="proxy_config.yaml")
+        p.add_argument("--config", default="proxy_config.yaml", help=CONFIG_HELP)
+    for _, each in iter_parsers(parser):
+        each.formatter_class = HelpFormatter
     return parser
 
 
@@ -262,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``costkit`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        return check_config(args.config)
+        return check_config(args.config, connect=args.connect)
     if args.command == "config-reference":
         from costkit_litellm.reference import config_reference
 

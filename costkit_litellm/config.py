@@ -10,21 +10,21 @@ means "not set").
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from costkit_litellm.accounting.config import LedgerConfig, RevenueConfig
 from costkit_litellm.budgets.config import BreakerConfig, BudgetConfig, BudgetSettings
 from costkit_litellm.cache.config import CacheConfig
-from costkit_litellm.config_base import NonNegativeUsd, Section
+from costkit_litellm.config_base import NonNegativeUsd, Section, valid_redis_url
 from costkit_litellm.errors import ConfigError
-from costkit_litellm.redact import mask_url
 from costkit_litellm.routing.config import RoutingConfig
 
 SECTION = "costkit"
@@ -112,6 +112,20 @@ class HeadersConfig(Section):
     """Add ``x-costkit-*`` headers to proxy responses."""
 
 
+class ShutdownConfig(Section):
+    """What happens on SIGTERM (rolling restart, scale-down): nothing recorded in this process is lost."""
+
+    flush_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    """After LiteLLM has drained in-flight requests: how long to wait for their logging callbacks,
+    the outage replay queue and the webhook batches before closing the store (keep it, plus
+    LiteLLM's ``GRACEFUL_SHUTDOWN_TIMEOUT``, under Kubernetes' ``terminationGracePeriodSeconds``)."""
+    spool_dir: str = ".costkit/spool"
+    """Where the post-call budget operations that could not reach the store by shutdown are written
+    (one JSON-lines file per process) and read back, and replayed, at the next start. Relative to the
+    proxy's working directory; share it between restarts (a volume) so a restart during a Redis
+    outage loses no spend."""
+
+
 class CostKitConfig(Section):
     """The whole ``costkit:`` section."""
 
@@ -146,6 +160,8 @@ class CostKitConfig(Section):
     """The usage ledger."""
     revenue: RevenueConfig = Field(default_factory=RevenueConfig)
     """Revenue per feature, for margins in ``costkit report``."""
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    """Graceful shutdown: flush, then spool what the store did not take."""
 
     @field_validator("budgets")
     @classmethod
@@ -160,11 +176,22 @@ class CostKitConfig(Section):
     @field_validator("redis_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{mask_url(value)!r} is not a Redis URL; use redis://, rediss:// or unix://")
-        return value
+        return valid_redis_url(value)
+
+    @model_validator(mode="after")
+    def _cache_off_the_cluster(self) -> CostKitConfig:
+        cache = self.cache
+        if self.redis_cluster and cache.enabled and cache.backend != "memory" and not cache.redis_url:
+            raise ValueError(
+                "cache.redis_url: needed with redis_cluster: true, since the semantic cache's search module "
+                "does not span a cluster: point it at a separate non-cluster Redis with the search module, "
+                "or set cache.backend: memory"
+            )
+        return self
+
+    def cache_url(self) -> str | None:
+        """The Redis the semantic cache uses: ``cache.redis_url``, else ``redis_url``."""
+        return self.cache.redis_url or self.redis_url
 
 
 def _path(loc: tuple[Any, ...], raw: Any = None) -> str:
@@ -213,11 +240,58 @@ def _resolve_env(value: Any, loc: tuple[Any, ...], problems: list[str], env: Map
     return value
 
 
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section class at a key path (list indexes and map keys stepped over), or None."""
+    model: type[BaseModel] | None = CostKitConfig
+    in_map = False
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if in_map:  # a map key (pricing.models.<name>, revenue.plans.<name>)
+            in_map = False
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return None
+        model, in_map = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The section class inside an annotation (``X | None``, ``tuple[X, ...]``, ``dict[str, X]``), and
+    whether it sits under a map."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is dict and len(args) == 2:
+        model, _ = _model_in(args[1])
+        return model, model is not None
+    for arg in args:
+        model, in_map = _model_in(arg)
+        if model is not None:
+            return model, in_map
+    return None, False
+
+
+def unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """``is not a known key``, with the closest known key (``did you mean loop_threshold?``) or the
+    keys known there."""
+    model = _section_model(loc[:-1])
+    if model is None or not loc:
+        return "is not a known key"
+    known = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"is not a known key; did you mean {close[0]}?"
+    return f"is not a known key (known here: {', '.join(known)})"
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     message = str(error["msg"])
     if kind == "extra_forbidden":
-        return "is not a known key"
+        return unknown_key_hint(tuple(error["loc"]))
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     last = str(error["loc"][-1]) if error["loc"] else ""

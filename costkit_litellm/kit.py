@@ -13,6 +13,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -23,6 +25,7 @@ from costkit_litellm.accounting.webhook import WebhookForwarder
 from costkit_litellm.budgets.breaker import BreakerStage
 from costkit_litellm.budgets.enforce import BudgetStage
 from costkit_litellm.budgets.policy import BudgetPolicy
+from costkit_litellm.budgets.spool import Spool
 from costkit_litellm.cache.stage import CacheStage
 from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
@@ -31,12 +34,37 @@ from costkit_litellm.errors import ConfigError
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
 from costkit_litellm.pricing import CostEstimate, PriceSource, Pricing
+from costkit_litellm.redact import mask_url
 from costkit_litellm.routing.classifiers import ModelFileError
 from costkit_litellm.routing.stage import RoutingStage, build_classifier
 from costkit_litellm.store import Store, StoreError
 from costkit_litellm.store.factory import store_from_url
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShutdownReport:
+    """What ``CostKit.shutdown`` did with the operations queued during an outage."""
+
+    replayed: int = 0
+    """Queued operations the store took during shutdown."""
+    spooled: int = 0
+    """Operations written to the spool for the next start."""
+    spool_path: Path | None = None
+    """The spool file written, if any."""
+    lost: int = 0
+    """Operations neither replayed nor spooled (the spool directory is not writable)."""
+
+    def summary(self) -> str:
+        """One line for the shutdown log."""
+        line = f"costkit: shutdown: replayed {self.replayed} queued budget operations"
+        if self.spooled:
+            line += f"; store unreachable, spooled {self.spooled} to {self.spool_path} (replayed at the next start)"
+        if self.lost:
+            line += f"; LOST {self.lost} (spool directory not writable)"
+        return line
+
 
 HEADER_MAX_COST = "x-costkit-max-cost-usd"
 HEADER_COST = "x-costkit-cost-usd"
@@ -109,7 +137,7 @@ class CostKit:
             try:
                 cache = CacheStage(
                     self.config.cache,
-                    store_url=self.config.redis_url,
+                    store_url=self.config.cache_url(),
                     prefix=self.config.key_prefix,
                     embedder=lambda: self.embedder(self.config.cache.embedding_model),
                     metrics=self.metrics,
@@ -130,6 +158,10 @@ class CostKit:
         self.stages.append(self.accounting)
         self._started: asyncio.Task[None] | None = None
         self._metrics_server_started = False
+        self._spool = Spool(self.config.shutdown.spool_dir, f"{self.config.redis_url}|{self.config.key_prefix}")
+        self._spool_claimed: list[Path] | None = None
+        self.closing = False
+        """Set when shutdown begins: the adapter then refuses new requests (503)."""
 
     def _routing_stage(self) -> RoutingStage:
         routing = self.config.routing
@@ -137,7 +169,10 @@ class CostKit:
         try:
             classifier, threshold = build_classifier(routing, embedder)
         except ModelFileError as exc:
-            raise ConfigError([f"costkit.routing.model_path: {exc}"], self.source) from None
+            raise ConfigError(
+                [f"costkit.routing.model_path: {exc}; train one with `costkit router train` or use classifier: rules"],
+                self.source,
+            ) from None
         return RoutingStage(
             routing, classifier, threshold, lambda: self.pricing, (lambda: embedder) if embedder else None
         )
@@ -189,7 +224,34 @@ class CostKit:
 
     async def _start(self) -> None:
         self._serve_metrics()
+        self._restore_spool()
         await self.store.start()
+        budgets = self.budget_stage()
+        if budgets is not None and budgets.pending and await budgets.flush() == 0 and self._spool_claimed:
+            log.warning("costkit: replayed the spend spooled at the last shutdown")
+            Spool.remove(self._spool_claimed)
+            self._spool_claimed = []
+
+    def budget_stage(self) -> BudgetStage | None:
+        """The budgets stage, if budgets (or the breaker's spend cap) are on."""
+        return next((s for s in self.stages if isinstance(s, BudgetStage)), None)
+
+    def _restore_spool(self) -> None:
+        """Queue what an earlier process spooled at shutdown (once per process, before the store is used)."""
+        budgets = self.budget_stage()
+        if self._spool_claimed is not None or budgets is None or not self.config.redis_url:
+            return
+        records, self._spool_claimed = self._spool.claim()
+        if records:
+            budgets.restore_pending(records)
+            log.warning(
+                "costkit: %d budget operations spooled at an earlier shutdown are queued for replay", len(records)
+            )
+
+    async def warm_up(self) -> None:
+        """Start now rather than on the first request (replays a spool at once); a store error is
+        logged, not raised (the next request retries)."""
+        await self._ensure_started()
 
     async def _ensure_started(self) -> None:
         try:
@@ -220,6 +282,58 @@ class CostKit:
             log.warning("costkit: metrics port %d not served by this process (%s); another worker serves it", port, exc)
             return
         log.info("costkit: metrics on port %d", port)
+
+    async def ready(self, timeout_s: float = 1.0) -> tuple[bool, dict[str, str]]:
+        """Whether this replica can serve (readiness probes): under ``fail_closed`` the store must
+        answer (else every budgeted request is a 503); otherwise always ready."""
+        if self.config.budget_settings.on_store_error != "fail_closed" or not self.config.redis_url:
+            return True, {}
+        try:
+            await asyncio.wait_for(self.start(), timeout_s)
+            ok = await asyncio.wait_for(self.store.ping(), timeout_s)
+        except (StoreError, asyncio.TimeoutError):
+            ok = False
+        if ok:
+            return True, {}
+        return False, {
+            "store": mask_url(self.config.redis_url),
+            "reason": "the store does not answer and budget_settings.on_store_error is fail_closed",
+        }
+
+    async def shutdown(self) -> ShutdownReport:
+        """Stop for good without losing spend: replay the outage queue (bounded by
+        ``shutdown.flush_timeout_s``), spool what the store still does not take to
+        ``shutdown.spool_dir`` (replayed at the next start), then ``close()``."""
+        self.closing = True
+        report = ShutdownReport()
+        budgets = self.budget_stage()
+        if budgets is not None and budgets.pending:
+            before = budgets.pending
+            try:
+                await asyncio.wait_for(self._flush_for_shutdown(budgets), self.config.shutdown.flush_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("costkit: shutdown flush timed out after %.1fs", self.config.shutdown.flush_timeout_s)
+            report.replayed = before - budgets.pending
+        if budgets is not None and budgets.pending:
+            records = budgets.take_pending()
+            try:
+                report.spool_path = self._spool.write(records)
+                report.spooled = len(records)
+            except OSError as exc:
+                log.error("costkit: could not spool %d budget operations: %s", len(records), exc)
+                report.lost = len(records)
+        if self._spool_claimed and not report.lost:  # replayed, or spooled again above
+            Spool.remove(self._spool_claimed)
+            self._spool_claimed = []
+        await self.close()
+        return report
+
+    async def _flush_for_shutdown(self, budgets: BudgetStage) -> None:
+        try:
+            await self.start()
+        except StoreError:
+            return  # still down: everything queued is spooled
+        await budgets.flush()
 
     async def close(self) -> None:
         """Flush the webhook queue (briefly), close the stages that hold connections, release the store."""

@@ -40,6 +40,7 @@ class WebhookForwarder:
         self._client = client
         self._queue: asyncio.Queue[UsageEvent] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sending: list[UsageEvent] = []
         self.sent = 0
         self.dead = 0
 
@@ -62,7 +63,9 @@ class WebhookForwarder:
                 batch = [await self._queue.get()]
                 while len(batch) < self._config.batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                self._sending = batch
                 await self._send(client, batch)
+                self._sending = []
                 for _ in batch:
                     self._queue.task_done()
         finally:
@@ -103,10 +106,17 @@ class WebhookForwarder:
                 await asyncio.wait_for(self._queue.join(), timeout_s)
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued (up to ``timeout_s``), then stop the sender."""
+        """Send what is queued (up to ``timeout_s``), stop the sender, and put what is still
+        queued in the dead-letter record (shutdown loses no event)."""
         await self.drain(timeout_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        left, self._sending = self._sending, []  # the batch cancelled mid-send
+        while self._queue is not None and not self._queue.empty():
+            left.append(self._queue.get_nowait())
+            self._queue.task_done()
+        if left:
+            await self._dead_letter(left, "not sent before shutdown")

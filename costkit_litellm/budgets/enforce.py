@@ -276,6 +276,34 @@ class BudgetStage:
                 self._pending.popleft()
             log.warning("costkit: store is back; replayed the spend recorded during the outage")
 
+    async def flush(self) -> int:
+        """Replay the outage queue now, waiting for a flush already running (shutdown, start-up);
+        returns how many operations still wait (the store still does not answer)."""
+        if self._flushing.locked():
+            async with self._flushing:
+                pass
+        await self._flush_pending()
+        return len(self._pending)
+
+    def take_pending(self) -> list[dict[str, Any]]:
+        """Empty the outage queue into JSON-ready records, oldest first (spooled at shutdown)."""
+        records = [
+            {"op": kind, "call_id": call_id, "amount": amount, "limits": [_limit_json(x) for x in limits]}
+            for kind, call_id, amount, limits in self._pending
+        ]
+        self._pending.clear()
+        return records
+
+    def restore_pending(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Queue spooled records ahead of anything queued since (they happened first); replayed
+        like any queued operation, idempotent by call id."""
+        operations: list[_Operation] = [
+            (str(r["op"]), str(r["call_id"]), int(r["amount"]), [_limit_from_json(x) for x in r["limits"]])
+            for r in records
+            if r.get("op") in ("commit", "release")
+        ]
+        self._pending.extendleft(reversed(operations))
+
     @property
     def pending(self) -> int:
         """Post-call operations waiting for the store to come back."""

@@ -21,13 +21,15 @@ def add_cache_parser(subparsers: Any) -> argparse.ArgumentParser:
     cache = subparsers.add_parser("cache", help="semantic cache: entries, hit rate, savings; clear entries")
     sub = cache.add_subparsers(dest="cache_command", required=True)
     stats = sub.add_parser("stats", help="entries, hits, misses, skips, hit rate and dollars saved")
-    stats.add_argument("--format", choices=("table", "json"), default="table")
+    stats.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     clear = sub.add_parser("clear", help="remove cached answers (all, or one tenant's)")
     clear.add_argument(
         "--scope", default=None, help="global, team:<id>, api_key:<hash>, user:<id> or end_user:<id>; default: all"
     )
     for parser in (stats, clear):
-        parser.add_argument("--config", default="proxy_config.yaml")
+        parser.add_argument(
+            "--config", default="proxy_config.yaml", help="the proxy config file whose costkit: section to use"
+        )
     return cache  # type: ignore[no-any-return]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from costkit_litellm.cache.verify import GUARDS, VerifierSettings
-from costkit_litellm.config_base import Section
+from costkit_litellm.config_base import Section, valid_redis_url
 from costkit_litellm.embeddings import LOCAL_MINILM
 
 CACHE_SCOPES = ("global", "team", "api_key", "user", "end_user")
@@ -55,9 +55,18 @@ class CacheConfig(Section):
     """Last user messages longer than this get the exact lookup only: the embedder reads about the
     first 256 tokens, so two long texts sharing a beginning would look identical to it."""
     backend: Literal["auto", "redis", "memory"] = "auto"
-    """``auto``: Redis (with the search module) when ``costkit.redis_url`` is set, else in process."""
+    """``auto``: Redis (with the search module) when ``redis_url`` or ``costkit.redis_url`` is set, else in process."""
+    redis_url: str | None = None
+    """The cache's own Redis (it needs the search module, which does not span a Redis Cluster); unset:
+    ``costkit.redis_url``. Set it when budgets run on a cluster (``costkit.redis_cluster``) or to keep
+    the cache's memory apart from the budgets'."""
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.5
     """Redis socket timeout of cache lookups; a slower cache is skipped, never waited for."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        return valid_redis_url(value)
 
     @model_validator(mode="after")
     def _one_threshold(self) -> CacheConfig:

@@ -123,6 +123,21 @@ class RedisCache:
             with contextlib.suppress(*_ERRORS):
                 await client.aclose()
 
+    async def check_search(self) -> None:
+        """Connect and check the server has the search module (``FT._LIST``); raise ``CacheError`` saying which."""
+        client = await self._redis()
+        try:
+            await client.ping()
+        except _ERRORS as exc:
+            raise CacheError(f"cannot connect to {mask_url(self._url)} ({exc})") from None
+        try:
+            await client.execute_command("FT._LIST")
+        except _ERRORS as exc:
+            raise CacheError(
+                f"{mask_url(self._url)} has no search module (FT._LIST: {exc}); the semantic cache needs "
+                "Redis Stack, Redis 8, or valkey with valkey-search / RediSearch"
+            ) from None
+
     async def _redis(self) -> Any:
         if self._client is None:
             await self.start()

@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 STASH_KEY = "costkit"
 RECORDED = "recorded"
 """Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
+SHUTTING_DOWN = RequestRejected(
+    "This costkit replica is shutting down and admits no new requests; retry (another replica will answer).",
+    status=503,
+    error_type="costkit_shutting_down",
+    headers={"Retry-After": "1"},
+)
 
 
 def _proxy_router() -> Any:
@@ -210,6 +216,8 @@ class CostKitCallback(CustomLogger):
         row = _call_type(call_type)
         if not self.kit.config.enabled or not row.billable:
             return data
+        if self.kit.closing:
+            raise as_http_exception(SHUTTING_DOWN)
         try:
             await self.admit(data, row)
         except RequestRejected as exc:

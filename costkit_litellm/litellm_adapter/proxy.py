@@ -4,24 +4,26 @@ costkit_litellm.litellm_adapter.proxy.costkit_callback``.
 The instance is built when the proxy asks for it (module ``__getattr__``), not at import: by then
 the proxy knows its config file, so the ``costkit:`` section is read and validated at start-up and
 a bad key stops the proxy with a message naming the file and the key. If a ``redis_url`` is set,
-Redis is probed once: an unreachable Redis also stops the start-up, naming the URL.
+Redis is probed once (and the cache's Redis for the search module): an unreachable Redis also
+stops the start-up, naming the URL. Every such problem is printed as one ``costkit:`` line before
+LiteLLM's traceback. Building the callback also installs the proxy's shutdown flush and the
+``/costkit/readiness`` route (``lifecycle``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 import threading
 from typing import Any
 
-from costkit_litellm.config import CostKitConfig
 from costkit_litellm.errors import ConfigError
 from costkit_litellm.kit import CostKit
 from costkit_litellm.litellm_adapter.callback import CostKitCallback
+from costkit_litellm.litellm_adapter.lifecycle import install_proxy_lifecycle
+from costkit_litellm.preflight import check_connections
 from costkit_litellm.redact import mask_url
-from costkit_litellm.store.factory import store_from_url
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +53,6 @@ def proxy_config_path() -> str | None:
     return None
 
 
-def _probe_store(config: CostKitConfig) -> None:
-    """Connect once to the configured Redis (in a thread with its own loop) or raise naming it."""
-    if not config.redis_url:
-        return
-    errors: list[BaseException] = []
-
-    async def probe() -> None:
-        store = store_from_url(config.redis_url, prefix=config.key_prefix, cluster=config.redis_cluster)
-        try:
-            await store.start()
-        finally:
-            await store.close()
-
-    def run() -> None:
-        try:
-            asyncio.run(probe())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="costkit-store-probe")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
 def build() -> CostKitCallback:
     """Read the proxy's config, probe the store, and build the callback."""
     path = proxy_config_path()
@@ -85,7 +61,7 @@ def build() -> CostKitCallback:
         kit = CostKit()
     else:
         kit = CostKit.from_yaml(path)
-    _probe_store(kit.config)
+    check_connections(kit.config, path)
     where = f"Redis {mask_url(kit.config.redis_url)}" if kit.config.redis_url else "in process (embedded default)"
     # A start-up banner on stderr (the proxy's own logging config may hide INFO lines).
     print(
@@ -93,7 +69,18 @@ def build() -> CostKitCallback:
         file=sys.stderr,
         flush=True,
     )
-    return CostKitCallback(kit)
+    callback = CostKitCallback(kit)
+    install_proxy_lifecycle(callback)
+    return callback
+
+
+def startup_lines(exc: BaseException, source: str | None) -> list[str]:
+    """One ``costkit:`` line per problem, naming the file and key (or URL) and the fix."""
+    if isinstance(exc, ConfigError):
+        where = f"{exc.source or source}: " if (exc.source or source) else ""
+        return [f"costkit: {where}{problem}" for problem in exc.problems]
+    where = f"{source}: " if source else ""
+    return [f"costkit: {where}start-up failed: {type(exc).__name__}: {exc}"]
 
 
 def __getattr__(name: str) -> Any:
@@ -104,8 +91,10 @@ def __getattr__(name: str) -> Any:
         if _instance is None:
             try:
                 _instance = build()
-            except ConfigError as exc:
-                # Printed plainly: this is the line a user reads when the proxy refuses to start.
-                print(f"costkit: invalid configuration: {exc}", file=sys.stderr, flush=True)
+            except Exception as exc:
+                # Printed plainly, before LiteLLM's traceback: the lines a user reads when the proxy
+                # refuses to start.
+                for line in startup_lines(exc, proxy_config_path()):
+                    print(line, file=sys.stderr, flush=True)
                 raise
         return _instance

@@ -56,11 +56,22 @@ def add_router_parser(subparsers: Any) -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a learned router from outcome data (CSV or JSONL)")
     train.add_argument("--data", required=True, help="outcome file or directory (RouteLLM CSV or JSONL)")
     train.add_argument("--out", required=True, help="model file to write (JSON)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="random seed (training is deterministic given it)")
     goal = train.add_mutually_exclusive_group()
-    goal.add_argument("--target-premium-share", type=float, default=None, help="e.g. 0.3: threshold for 30%% premium")
-    goal.add_argument("--threshold", type=float, default=None, help="decision threshold on the score, in [0, 1]")
-    train.add_argument("--exclude", default=None, help="prompts to leave out (JSONL); 'none' to disable")
+    goal.add_argument(
+        "--target-premium-share",
+        type=float,
+        default=None,
+        help="e.g. 0.3: threshold for 30%% premium (default: the calibrated threshold)",
+    )
+    goal.add_argument(
+        "--threshold", type=float, default=None, help="decision threshold on the score, in [0, 1] (default: calibrated)"
+    )
+    train.add_argument(
+        "--exclude",
+        default=None,
+        help="prompts to leave out (JSONL); 'none' to disable (default: RouteLLM's contaminated prompts)",
+    )
     train.add_argument("--no-cache", action="store_true", help="do not keep embeddings in ~/.cache/costkit")
     ev = sub.add_parser("eval", help="APGR, CPT(50%%), CPT(80%%) of routers on outcome data")
     ev.add_argument("--data", required=True, help="outcome file or directory (RouteLLM CSV or JSONL)")
@@ -70,11 +81,15 @@ def add_router_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="rules, length, learned, learned:PATH, litellm or all (repeatable; default all)",
     )
-    ev.add_argument("--cv", choices=("none", "random", "subjects"), default="random")
-    ev.add_argument("--folds", type=int, default=5)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--plot", default=None, help="write the cost-quality curve to this PNG")
-    ev.add_argument("--exclude", default=None, help="prompts to leave out (JSONL); 'none' to disable")
+    ev.add_argument("--cv", choices=("none", "random", "subjects"), default="random", help="cross-validation split")
+    ev.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the folds")
+    ev.add_argument("--plot", default=None, help="write the cost-quality curve to this PNG (default: no plot)")
+    ev.add_argument(
+        "--exclude",
+        default=None,
+        help="prompts to leave out (JSONL); 'none' to disable (default: RouteLLM's contaminated prompts)",
+    )
     ev.add_argument("--no-cache", action="store_true", help="do not keep embeddings in ~/.cache/costkit")
     return router  # type: ignore[no-any-return]
 

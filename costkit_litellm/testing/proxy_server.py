@@ -218,6 +218,23 @@ class ProxyServer:
         finally:
             self.stop()
 
+    def terminate(self, timeout_s: float = 60) -> int:
+        """Send SIGTERM to the proxy (as Kubernetes does) and wait for it to exit; returns its exit code.
+
+        Raises ``TimeoutError`` if it is still running after ``timeout_s`` (it is then killed).
+        """
+        process = self._process
+        if process is None:
+            raise RuntimeError("ProxyServer not started")
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TimeoutError(f"proxy still running {timeout_s}s after SIGTERM") from None
+        self.stop()  # sweeps the group; the log stays readable
+        return code
+
     def stop(self, timeout_s: float = 15) -> None:
         """Terminate the process group (SIGTERM, then SIGKILL); safe to call twice.
 

@@ -28,9 +28,12 @@ class Receiver:
         self.batches: list[list[dict[str, Any]]] = []
         self.fail_next = 0
         self.always_fail = False
+        self.hang = False
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.hang:
+            await asyncio.sleep(6)  # longer than close() drains (5 s)
         if self.always_fail or self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=503)
@@ -102,3 +105,15 @@ class TestWebhook:
         kit = make_kit(f"http://127.0.0.1:{free_port()}/nothing", max_attempts=1)
         await asyncio.wait_for(kit.record(outcome(1)), timeout=1.0)
         await kit.close()
+
+    async def test_shutdown_dead_letters_what_it_could_not_send(self, receiver: tuple[Receiver, str]) -> None:
+        """Closing while the receiver hangs keeps every unsent event (in flight or queued) in the dead-letter record."""
+        target, url = receiver
+        target.hang = True
+        kit = make_kit(url, timeout_s=0.2, max_attempts=20)
+        for i in range(15):
+            await kit.record(outcome(i))
+        await kit.close()
+        dead = await kit.store.map_get_all(DEAD_LETTER)
+        assert sorted(dead) == sorted(f"call-{i}:success" for i in range(15))
+        assert {json.loads(v)["error"] for v in dead.values()} == {"not sent before shutdown"}

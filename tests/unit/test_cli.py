@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from costkit_litellm.cli import main, parse_duration
+from costkit_litellm.cli import build_parser, iter_parsers, main, parse_duration
 from costkit_litellm.reference import BEGIN, END, config_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +59,34 @@ class TestDurations:
     def test_durations(self) -> None:
         """--since accepts 90s, 15m, 24h and 7d."""
         assert [parse_duration(t) for t in ("90s", "15m", "24h", "7d")] == [90, 900, 86400, 604800]
+
+
+class TestHelp:
+    def test_every_argument_has_help_and_shows_its_default(self) -> None:
+        """Every argument of every subcommand has help text, and --help shows each non-empty default."""
+        parsers = list(iter_parsers(build_parser()))
+        assert len(parsers) > 10
+        for name, parser in parsers:
+            text = parser.format_help()
+            for action in parser._actions:
+                if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                    continue
+                label = "/".join(action.option_strings) or action.dest
+                assert action.help, f"{name} {label} has no help text"
+                if action.required or action.default is None or action.default is False:
+                    # nothing to show, or the help says what happens without it
+                    assert (
+                        action.required
+                        or not action.option_strings
+                        or "default" in action.help
+                        or (action.default is False)
+                    ), f"{name} {label}: say what the default is"
+                    continue
+                assert f"(default: {action.default})" in " ".join(text.split()) or "default" in action.help, (
+                    f"{name} {label}: default {action.default!r} not shown"
+                )
+
+    def test_check_config_help_shows_connect(self) -> None:
+        """check-config --help documents --connect."""
+        (check,) = [p for n, p in iter_parsers(build_parser()) if n == "costkit check-config"]
+        assert "--connect" in check.format_help()

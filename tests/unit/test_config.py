@@ -38,7 +38,54 @@ class TestErrorsNameTheKey:
         """An unknown nested key fails naming the file and the full key path."""
         with pytest.raises(ConfigError) as info:
             parse_config({"metrics": {"tag_label": ["feature"]}}, "proxy_config.yaml")
-        assert str(info.value) == "proxy_config.yaml: costkit.metrics.tag_label: is not a known key"
+        assert str(info.value) == (
+            "proxy_config.yaml: costkit.metrics.tag_label: is not a known key; did you mean tag_labels?"
+        )
+
+    def test_typo_suggests_the_key_meant(self) -> None:
+        """A misspelt key (loop_treshold) is reported with the key it most likely meant."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"breaker": {"loop_treshold": 3}}, "p.yaml")
+        assert info.value.problems == [
+            "costkit.breaker.loop_treshold: is not a known key; did you mean loop_threshold?"
+        ]
+
+    def test_unknown_key_without_a_close_match_lists_the_known_keys(self) -> None:
+        """A key like no known one lists the keys known at that level, inside lists and maps too."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"pricing": {"models": {"m": {"cost": 1}}}}, "p.yaml")
+        assert info.value.problems == [
+            "costkit.pricing.models.m.cost: is not a known key (known here: input_usd_per_million_tokens, "
+            "max_output_tokens, output_usd_per_million_tokens)"
+        ]
+        with pytest.raises(ConfigError) as info:
+            parse_config({"budgets": [{"name": "b", "scope": "user", "limit_usd": 1, "windw": "day"}]}, "p.yaml")
+        assert info.value.problems == ["costkit.budgets[0] (b).windw: is not a known key; did you mean window?"]
+
+
+class TestCacheRedis:
+    def test_cache_url_defaults_to_the_store_url(self) -> None:
+        """Without cache.redis_url the cache uses costkit.redis_url; with it, its own."""
+        assert parse_config({"redis_url": "redis://a:6379"}).cache_url() == "redis://a:6379"
+        config = parse_config({"redis_url": "redis://a:6379", "cache": {"redis_url": "redis://b:6379"}})
+        assert config.cache_url() == "redis://b:6379"
+
+    def test_cluster_with_redis_cache_needs_its_own_url(self) -> None:
+        """Budgets on a Redis Cluster with the cache on need cache.redis_url (search does not span a cluster)."""
+        with pytest.raises(ConfigError, match=r"cache.redis_url: needed with redis_cluster: true"):
+            parse_config({"redis_url": "redis://a:7000", "redis_cluster": True, "cache": {"enabled": True}})
+        parse_config(
+            {
+                "redis_url": "redis://a:7000",
+                "redis_cluster": True,
+                "cache": {"enabled": True, "redis_url": "redis://search:6379"},
+            }
+        )
+
+    def test_cache_url_must_be_a_redis_url(self) -> None:
+        """cache.redis_url takes only redis://, rediss:// or unix:// URLs, masking a password in the error."""
+        with pytest.raises(ConfigError, match=r"costkit.cache.redis_url: 'http://u:\*\*\*@h' is not a Redis URL"):
+            parse_config({"cache": {"redis_url": "http://u:pw@h"}})
 
     def test_wrong_type_names_key_and_value(self) -> None:
         """A wrong type names the key and quotes the offending value."""

@@ -453,3 +453,196 @@ class TestGrafana:
         assert provider["type"] == "file"
         mounted = dict(_bind_mounts(_services()["grafana"]))["./grafana/costkit-dashboard.json"]
         assert str(Path(mounted).parent) == provider["options"]["path"]
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+
+KUBE = DEPLOY / "kubernetes"
+KUBE_VERSION = "1.30"
+CRDS = {"monitoring.coreos.com/v1": {"ServiceMonitor"}}
+"""Custom resources the schemas do not ship: checked by hand below."""
+
+
+def _kube_documents(directory: Path = KUBE) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, document) of every manifest in a folder (kustomization files and overlays' patches left out)."""
+    found = []
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                found.append((path, document))
+    return found
+
+
+def _kind(kind: str) -> dict[str, Any]:
+    (document,) = [d for _, d in _kube_documents() if d["kind"] == kind]
+    return document
+
+
+def _named(kind: str, name: str) -> dict[str, Any]:
+    (document,) = [d for _, d in _kube_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return document
+
+
+def _proxy_container() -> dict[str, Any]:
+    (container,) = _kind("Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _proxy_config() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(_kind("ConfigMap")["data"]["proxy_config.yaml"])
+    return data
+
+
+class TestKubernetes:
+    def test_every_manifest_validates(self) -> None:
+        """Every manifest (base and overlays) passes kubernetes-validate's strict schemas for Kubernetes 1.30."""
+        import kubernetes_validate
+
+        documents = [*_kube_documents(), *_kube_documents(KUBE / "servicemonitor")]
+        documents += [(p, d) for p, d in _kube_documents(KUBE / "shared-spool") if p.name != "spool-volume.yaml"]
+        kinds = {d["kind"] for _, d in documents}
+        assert kinds >= {"Deployment", "ConfigMap", "Secret", "Service", "PodDisruptionBudget"}
+        assert kinds >= {"HorizontalPodAutoscaler", "StatefulSet", "ServiceMonitor", "PersistentVolumeClaim"}
+        for path, document in documents:
+            if document["kind"] in CRDS.get(document["apiVersion"], set()):
+                continue
+            try:
+                kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} {document['kind']}: {exc.message}")
+
+    def test_validation_catches_a_mistake(self) -> None:
+        """The validation step rejects a misspelt field (so the test above can fail)."""
+        import kubernetes_validate
+
+        broken = json.loads(json.dumps(_kind("Deployment")))
+        broken["spec"]["replica"] = 3
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+
+    def test_kustomizations_list_exactly_the_files(self) -> None:
+        """The base kustomization lists every manifest of its folder; overlays name files that exist."""
+        base = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+        assert sorted(base["resources"]) == sorted(
+            p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml"
+        )
+        for overlay in ("servicemonitor", "shared-spool"):
+            kustomization = yaml.safe_load((KUBE / overlay / "kustomization.yaml").read_text())
+            assert ".." in kustomization["resources"]
+            names = [r for r in kustomization["resources"] if r != ".."]
+            names += [patch["path"] for patch in kustomization.get("patches", [])]
+            for name in names:
+                assert (KUBE / overlay / name).is_file(), (overlay, name)
+
+    def test_proxy_deployment(self) -> None:
+        """Several replicas of the image from deploy/Dockerfile, rolling without losing capacity, the config
+        from the ConfigMap at the path --config names."""
+        deployment = _kind("Deployment")
+        assert deployment["spec"]["replicas"] >= 2
+        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        container = _proxy_container()
+        images = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["images"]
+        assert container["image"] in {image["name"] for image in images}
+        assert container["image"] == _services()["litellm"]["image"].split(":")[0]  # the Dockerfile's build
+        config = _option(container["args"], "--config")
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        (name,) = [n for n, v in volumes.items() if "configMap" in v]
+        assert volumes[name]["configMap"]["name"] == _kind("ConfigMap")["metadata"]["name"]
+        assert config == f"{mounts[name]}/proxy_config.yaml"
+        assert int(_option(container["args"], "--port")) == container["ports"][0]["containerPort"]
+
+    def test_secrets_come_from_the_secret(self) -> None:
+        """The master key, provider key, Redis URLs and drain token come from the Secret, which has each key."""
+        secret = _kind("Secret")
+        env = {e["name"]: e for e in _proxy_container()["env"]}
+        for name in ("LITELLM_MASTER_KEY", "OPENAI_API_KEY", "REDIS_URL", "CACHE_REDIS_URL", "DRAIN_ENDPOINT_TOKEN"):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"], name
+        redis_host = secret["stringData"]["REDIS_URL"].split("//")[1].split(":")[0]
+        assert redis_host == _named("Service", "costkit-redis")["metadata"]["name"]
+
+    def test_configmap_config_passes_check_config(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The ConfigMap's proxy_config.yaml passes `costkit check-config` with the Secret's variables set."""
+        from costkit_litellm.cli import main
+
+        for name, value in _kind("Secret")["stringData"].items():
+            monkeypatch.setenv(name, value)
+        path = tmp_path / "proxy_config.yaml"
+        path.write_text(_kind("ConfigMap")["data"]["proxy_config.yaml"])
+        assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
+        assert "Redis redis://costkit-redis:6379" in capsys.readouterr().out
+
+    def test_readiness_fails_while_the_store_is_unreachable_under_fail_closed(self) -> None:
+        """Readiness probes the pack's route (503 while Redis is down under fail_closed, and while draining)."""
+        from costkit_litellm.litellm_adapter.lifecycle import READINESS_PATH
+
+        probe = _proxy_container()["readinessProbe"]["httpGet"]
+        assert probe["path"] == READINESS_PATH and probe["port"] == "http"
+        assert _proxy_config()["costkit"]["budget_settings"]["on_store_error"] == "fail_closed"
+
+    def test_prestop_drains_within_the_grace_period(self) -> None:
+        """preStop calls LiteLLM's /health/drain (enabled in the config) and the grace period covers the
+        drain, uvicorn's wait and costkit's flush."""
+        container = _proxy_container()
+        script = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+        assert "/health/drain" in script and "X-Drain-Token" in script
+        assert _proxy_config()["general_settings"]["enable_drain_endpoint"] is True
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        sleep = float(re.search(r"time\.sleep\((\d+)\)", script)[1])  # type: ignore[index]
+        drain = float(env["GRACEFUL_SHUTDOWN_TIMEOUT"])
+        flush = float(_proxy_config()["costkit"]["shutdown"]["flush_timeout_s"])
+        grace = _kind("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > sleep + 2 * drain + flush
+
+    def test_spool_dir_is_a_volume(self) -> None:
+        """costkit.shutdown.spool_dir is a mounted volume; the shared-spool overlay makes it a ReadWriteMany claim."""
+        spool = _proxy_config()["costkit"]["shutdown"]["spool_dir"]
+        mounts = {m["mountPath"]: m["name"] for m in _proxy_container()["volumeMounts"]}
+        assert spool in mounts
+        patch = yaml.safe_load((KUBE / "shared-spool" / "spool-volume.yaml").read_text())
+        (volume,) = patch["spec"]["template"]["spec"]["volumes"]
+        assert volume["name"] == mounts[spool]
+        pvc = yaml.safe_load((KUBE / "shared-spool" / "spool-pvc.yaml").read_text())
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    def test_selectors_match_the_pods(self) -> None:
+        """The Service, PodDisruptionBudget and ServiceMonitor select the proxy pods; the HPA scales the
+        Deployment on CPU."""
+        deployment = _kind("Deployment")
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        service = _named("Service", "costkit-proxy")
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert _kind("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        hpa = _kind("HorizontalPodAutoscaler")["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "costkit-proxy"}
+        assert hpa["minReplicas"] >= 2 and hpa["metrics"][0]["resource"]["name"] == "cpu"
+        assert _proxy_container()["resources"]["requests"]["cpu"]  # utilisation needs a request
+        (monitor,) = [d for _, d in _kube_documents(KUBE / "servicemonitor") if d["kind"] == "ServiceMonitor"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+
+    def test_scrape_annotations_name_the_metrics_port(self) -> None:
+        """The Prometheus annotations scrape costkit.metrics.port (no master key needed), a declared container port."""
+        annotations = _kind("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        port = int(annotations["prometheus.io/port"])
+        assert port == _proxy_config()["costkit"]["metrics"]["port"]
+        assert port in {p["containerPort"] for p in _proxy_container()["ports"]}
+
+    def test_redis_persists_with_aof(self) -> None:
+        """The bundled Redis has the search module image, AOF on, and a persistent volume for /data."""
+        redis = _kind("StatefulSet")
+        (container,) = redis["spec"]["template"]["spec"]["containers"]
+        assert container["image"].startswith("redis/redis-stack-server:")
+        args = {e["name"]: e["value"] for e in container["env"]}["REDIS_ARGS"]
+        assert "--appendonly yes" in args
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}
+        assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == container["volumeMounts"][0]["name"]
