@@ -75,6 +75,11 @@ class RequestConfig(Section):
     """Most plain metadata keys read as attributes; further keys are ignored with a log line."""
     session_header: str = "x-costkit-session"
     """Request header that carries an agent session id (besides LiteLLM's own session fields)."""
+    on_internal_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """An unexpected error inside the pack's pre-call hook (a bug, never a policy): ``fail_closed``
+    refuses the request with a 422 naming the stage and the error; ``fail_open`` sends it on without
+    the pack (no budget hold, cache or routing). Both log it and count
+    ``costkit_internal_errors_total``; neither is ever a 500."""
 
 
 class MetricsConfig(Section):

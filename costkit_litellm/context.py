@@ -81,6 +81,9 @@ class RequestContext:
     endpoint: str = "chat"
     """What kind of call this is (a bounded label from the adapter's table of call types:
     ``chat``, ``text_completion``, ``responses``, ``messages``, ``embeddings``, ``other``...)."""
+    request_params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
+    """The request's top-level parameters as sent, read-only, ``messages`` aside (the cache keys on every
+    one but a short allow-list); empty when rebuilt after the call."""
 
     def scope_value(self, scope: str) -> str | None:
         """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,
@@ -206,7 +209,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer():  # inf and nan are not integers
         return int(value)
     return None
 
@@ -217,10 +220,35 @@ def _float(value: Any) -> float | None:
     return float(value)
 
 
+MAX_INT_PARAM = 2**31 - 1
+"""The largest ``max_tokens`` / ``n`` the pack accepts: the int32 range of the providers' APIs (none bills more)."""
+_BOUNDED_INTS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
+
+
+def check_params(data: Mapping[str, Any]) -> None:
+    """Raise ``BadRequestMetadata`` naming a count parameter too large to estimate a cost for.
+
+    Odd values of other types are accepted as the proxy accepts them (a string ``max_tokens`` is
+    read as no limit, a ``stop`` that is not a string or a list of strings as no stop sequence):
+    the estimate then assumes the largest output, and the raw value is still part of the cache key.
+    """
+    for name in _BOUNDED_INTS:
+        value = _int(data.get(name))
+        if value is not None and value > MAX_INT_PARAM:
+            raise BadRequestMetadata(f"{name} must be at most {MAX_INT_PARAM}, got {value}")
+
+
+def _stops(stop: Any) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, (list, tuple)):
+        return tuple(s for s in stop if isinstance(s, str))
+    return ()  # a number, a boolean or an object is not a stop sequence
+
+
 def sampling_params(data: Mapping[str, Any]) -> SamplingParams:
-    """The sampling parameters of an OpenAI-style request body."""
-    stop = data.get("stop")
-    stops: tuple[str, ...] = (stop,) if isinstance(stop, str) else tuple(s for s in stop or () if isinstance(s, str))
+    """The sampling parameters of an OpenAI-style request body (lenient: odd values are dropped, never raised)."""
+    stops = _stops(data.get("stop"))
     tools = data.get("tools") or data.get("functions")
     caps = [v for v in (_int(data.get(cap)) for cap in OUTPUT_CAPS) if v is not None and v > 0]
     max_tokens = max(caps) if caps else None  # several caps: the provider may honour the largest
@@ -294,6 +322,7 @@ def from_request(
     label (``chat``, ``responses``, ``embeddings``...), both from the adapter's table of call types.
     """
     reader = _Reader(limits or RequestConfig(), strict=True)
+    check_params(data)
     metadata = request_metadata(data, metadata_key)
     # On the proxy, what the client sent is kept apart from what the proxy added.
     client = client_metadata(data, metadata_key)
@@ -329,6 +358,7 @@ def from_request(
         params=sampling_params(data),
         no_cache=_no_cache(headers, client),
         endpoint=endpoint,
+        request_params=MappingProxyType({k: v for k, v in data.items() if k != "messages"}),
     )
 
 

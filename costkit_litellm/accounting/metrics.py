@@ -108,6 +108,12 @@ class CostKitMetrics:
             ["operation"],
             registry=registry,
         )
+        self.internal_errors = Counter(
+            "costkit_internal_errors",
+            "Unexpected errors inside the pack's pre-call hook, by stage and what was done (refused, admitted).",
+            ["stage", "action"],
+            registry=registry,
+        )
 
     @classmethod
     def for_registry(
@@ -179,3 +185,7 @@ class CostKitMetrics:
     def store_error(self, operation: str) -> None:
         """A failed store operation."""
         self.store_errors.labels(operation).inc()
+
+    def internal_error(self, stage: str, action: str) -> None:
+        """An unexpected error in the pre-call hook, and whether the request was ``refused`` or ``admitted``."""
+        self.internal_errors.labels(stage, action).inc()

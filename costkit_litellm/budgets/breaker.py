@@ -42,11 +42,18 @@ def _normal_arguments(arguments: Any) -> str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested too deep to read): compare as text
             return _normal_text(arguments)
     if isinstance(arguments, str):
         return _normal_text(arguments)
-    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str).lower()
+    return _dumps(arguments)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).lower()
+    except (TypeError, ValueError, RecursionError):  # nested too deep to write: one opaque value
+        return "<unreadable>"
 
 
 def tool_calls(messages: Sequence[Any]) -> list[tuple[str, str]]:
@@ -55,7 +62,8 @@ def tool_calls(messages: Sequence[Any]) -> list[tuple[str, str]]:
     for message in messages:
         if not isinstance(message, Mapping) or message.get("role") != "assistant":
             continue
-        for call in message.get("tool_calls") or ():
+        made = message.get("tool_calls")
+        for call in made if isinstance(made, (list, tuple)) else ():  # a malformed value is no tool call
             function = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(function, Mapping):
                 calls.append((str(function.get("name", "")), _normal_arguments(function.get("arguments"))))
@@ -78,6 +86,7 @@ def request_fingerprint(model: str, messages: Sequence[Any]) -> str:
     """A short hash of the model and the normalised last message: equal for a resent request."""
     last = messages[-1] if messages else {}
     role = last.get("role", "") if isinstance(last, Mapping) else ""
+    role = role if isinstance(role, str) else _dumps(role)
     content = _normal_text(last.get("content")) if isinstance(last, Mapping) else ""
     calls = tool_calls([last]) if isinstance(last, Mapping) else []
     raw = json.dumps([model, role, content, calls], separators=(",", ":"))

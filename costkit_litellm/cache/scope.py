@@ -9,8 +9,9 @@ a ``skip`` with a short reason (a bounded set, fit for logs and tests).
 Keys (hex SHA-256, never raw text)::
 
     tenant   = H(scope name, scope value)                          e.g. team "t-42"
-    scope    = H(tenant, model group, embedder, sampling params,   every entry lives in one scope;
-               the conversation without its last user message)     lookups never leave it
+    scope    = H(tenant, model group, embedder, every request      every entry lives in one scope;
+               parameter but UNKEYED_PARAMS, the conversation       lookups never leave it
+               without its last user message)
     entry id = H(scope, last user message)                         the exact key
 
 The conversation context (system prompt, earlier turns, anything after the last user message)
@@ -30,11 +31,34 @@ from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import Vectors
 from costkit_litellm.errors import CostKitError
 
-KEY_VERSION = "1"
+KEY_VERSION = "2"
 """Bumped when the key derivation changes: old entries then simply stop matching."""
+
+UNKEYED_PARAMS = frozenset(
+    {
+        "user", "metadata", "litellm_metadata", "tags", "stream", "stream_options", "timeout",
+        "request_timeout", "extra_headers", "num_retries", "max_retries", "store", "session_id",
+        "litellm_session_id", "litellm_trace_id", "cache", "ttl",
+    }
+)  # fmt: skip
+"""Request parameters known not to change the answer, left out of the cache scope: who asked
+(``user``, ``metadata``, ``tags``, session and trace ids), how it is delivered (``stream``: a stream
+is never cached; ``stream_options``), how long and how often to try (``timeout``, ``request_timeout``,
+``num_retries``, ``max_retries``), ``extra_headers``, OpenAI's ``store`` (keep the completion for
+distillation) and LiteLLM's own cache controls (``cache``, ``ttl``). Every other parameter, known or
+not, is part of the scope (``logit_bias``, penalties, ``reasoning_effort``, ``logprobs``,
+``service_tier``, ``prediction``, ``fallbacks``...). ``messages`` and ``model`` are keyed apart."""
+PROXY_FIELDS = frozenset(
+    {
+        "messages", "model", "proxy_server_request", "secret_fields", "litellm_call_id",
+        "litellm_logging_obj", "client_side_timeout",
+    }
+)  # fmt: skip
+"""What LiteLLM's proxy adds to a request (plumbing, not parameters), and what the scope keys apart."""
 
 SKIP_REASONS = (
     "disabled_by_client",
+    "unreadable_params",
     "stream",
     "n",
     "temperature",
@@ -106,6 +130,27 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _numbers(value: Any) -> Any:
+    """Integral floats as ints (``temperature: 0.0`` and ``0`` are one value), inside lists and objects too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def keyed_params(params: Mapping[str, Any]) -> str:
+    """Every request parameter but the allow-list, canonical (empty values dropped); raises ``ValueError``
+    when they cannot be written (nested too deep)."""
+    keyed = {k: v for k, v in params.items() if k not in UNKEYED_PARAMS and k not in PROXY_FIELDS}
+    try:
+        return _canonical(_numbers(_clean(keyed)))
+    except RecursionError:
+        raise ValueError("request parameters nested too deep to key") from None
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
@@ -165,6 +210,10 @@ def decide(
     value = context.scope_value(config.scope)
     if value is None:
         return Decision(skip="no_scope_value")
+    try:
+        raw = keyed_params(context.request_params)
+    except ValueError:
+        return Decision(skip="unreadable_params")
     tenant = tenant_tag(config.scope, value)
     params = context.params
     sampling = {
@@ -177,6 +226,7 @@ def decide(
         "response_format": params.response_format,
         "tools": params.tools,
         "tool_choice": params.tool_choice if params.tools is not None else None,
+        "params": raw,
     }
     scope = _digest("scope", KEY_VERSION, tenant, model, embedder, _canonical(sampling), context_hash(messages, index))
     text = text.strip()

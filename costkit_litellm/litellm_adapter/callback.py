@@ -19,6 +19,7 @@ from litellm.proxy._types import ProxyException
 
 from costkit_litellm.context import MetadataKey, RequestContext, from_logging_payload, from_request, request_metadata
 from costkit_litellm.errors import RequestAnswered, RequestRejected
+from costkit_litellm.failsafe import InternalError, failed_at
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.call_types import CHAT, CallType, metadata_key
 from costkit_litellm.litellm_adapter.call_types import call_type as _call_type
@@ -219,13 +220,32 @@ class CostKitCallback(CustomLogger):
         if self.kit.closing:
             raise as_http_exception(SHUTTING_DOWN)
         try:
-            await self.admit(data, row)
+            try:
+                await self.admit(data, row)
+            except RequestAnswered as answer:
+                # The proxy answers a request whose mock_response is a ModelResponse itself, at $0.
+                data["mock_response"] = final_answer(str(data.get("model", "")), answer)
         except RequestRejected as exc:
             raise as_http_exception(exc) from None
-        except RequestAnswered as answer:
-            # The proxy answers a request whose mock_response is a ModelResponse itself, at $0.
-            data["mock_response"] = final_answer(str(data.get("model", "")), answer)
+        except Exception as exc:  # a bug in the pack: never a 500 (costkit.request.on_internal_error)
+            self._internal_error(exc)
         return data
+
+    def _internal_error(self, exc: Exception) -> None:
+        """Log and count an unexpected error; refuse with a 422 (fail_closed) or return to admit (fail_open)."""
+        where = failed_at(exc)
+        closed = self.kit.config.request.on_internal_error == "fail_closed"
+        log.error(
+            "costkit: unexpected %s in %s; request %s (costkit.request.on_internal_error)",
+            type(exc).__name__,
+            where,
+            "refused" if closed else "admitted without the pack",
+            exc_info=exc,
+        )
+        if self.kit.metrics is not None:
+            self.kit.metrics.internal_error(where, "refused" if closed else "admitted")
+        if closed:
+            raise as_http_exception(InternalError(exc, where)) from None
 
     # --- response headers ---------------------------------------------------------------
     def headers_for(self, data: Mapping[str, Any], response: Any) -> dict[str, str]:
@@ -236,6 +256,8 @@ class CostKitCallback(CustomLogger):
         headers = dict(stash.headers)
         if response is None:
             headers[HEADER_COST] = format_usd(0)
+        elif hasattr(response, "__aiter__") or data.get("stream") is True:
+            pass  # a stream's headers leave before its cost is known: no cost header (the max-cost one stays)
         else:
             cost = response_cost(response)
             if cost is not None:
@@ -253,7 +275,11 @@ class CostKitCallback(CustomLogger):
         """Proxy hook: add ``x-costkit-*`` headers (cost is known for non-streaming answers)."""
         if not self.kit.config.enabled or not self.kit.config.headers.enabled:
             return None
-        return self.headers_for(data, response) or None
+        try:
+            return self.headers_for(data, response) or None
+        except Exception:  # headers are informative: a bug here must not fail an answered request
+            log.exception("costkit: could not build the x-costkit-* headers")
+            return None
 
     # --- after the call -----------------------------------------------------------------
     def outcome(

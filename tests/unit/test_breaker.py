@@ -173,3 +173,33 @@ class TestLimits:
         admission: Admission = await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "a"}])
         [limit] = admission.state["budgets"]["limits"]
         assert limit["key"] == "session:s1:spend"
+
+
+class TestMalformedConversations:
+    @pytest.mark.parametrize(
+        "message",
+        [
+            {"role": "assistant", "tool_calls": 5},
+            {"role": "assistant", "tool_calls": True},
+            {"role": "assistant", "tool_calls": {"function": {"name": "f"}}},
+            {"role": "assistant", "tool_calls": [5, None, "x", {"function": 5}]},
+            {"role": "assistant", "tool_calls": [{"function": {"name": {"a": 1}, "arguments": "[" * 5000}}]},
+            {"role": "assistant", "function_call": {"name": 5, "arguments": [[[["deep"]]]]}},
+            {"role": {"odd": True}, "content": [5, {"text": 7}]},
+        ],
+    )
+    async def test_malformed_tool_calls_are_no_tool_calls(self, message: dict[str, Any]) -> None:
+        """A session's conversation with malformed tool calls is counted as a step, never raised (issue 9 item 5)."""
+        kit, _, _ = make_kit()
+        messages = [{"role": "user", "content": "go"}, message, {"role": "user", "content": "again"}]
+        most_repeated_tool_call(messages)
+        request_fingerprint("m", [message])
+        await kit.admit(ctx(), 10, None, messages)
+
+    def test_arguments_nested_too_deep_to_write_compare_as_one_value(self) -> None:
+        """Arguments nested deeper than JSON can write are one opaque value, not an error."""
+        deep: Any = "x"
+        for _ in range(100_000):
+            deep = [deep]
+        calls = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": deep}}]}] * 3
+        assert most_repeated_tool_call(calls) == (("f", "<unreadable>"), 3)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from costkit_litellm.cache.config import CacheConfig
-from costkit_litellm.cache.scope import Decision, decide, parse_tenant, tenant_tag
+from costkit_litellm.cache.scope import UNKEYED_PARAMS, Decision, decide, parse_tenant, tenant_tag
 from costkit_litellm.config import parse_config
 from costkit_litellm.context import from_request
 from costkit_litellm.errors import ConfigError
@@ -141,6 +142,65 @@ class TestScopes:
     def test_sampling_parameters_and_model_split_scopes(self, change: dict[str, Any]) -> None:
         """Model group, max_tokens, stop, seed, top_p and response_format are each part of the scope."""
         assert keys(request(**change)).scope != keys(request()).scope
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"logit_bias": {"1734": -100}},
+            {"presence_penalty": 1.5},
+            {"frequency_penalty": -0.5},
+            {"reasoning_effort": "high"},
+            {"logprobs": True},
+            {"top_logprobs": 3},
+            {"service_tier": "flex"},
+            {"prediction": {"type": "content", "content": "Reset it in Settings."}},
+            {"parallel_tool_calls": False},
+            {"modalities": ["text", "audio"]},
+            {"fallbacks": ["big"]},
+            {"a_parameter_from_next_year": {"x": 1}},
+            {"stop": 5},
+        ],
+    )
+    def test_every_parameter_but_the_allow_list_splits_scopes(self, change: dict[str, Any]) -> None:
+        """Each parameter that can change the answer, and any unknown one, is part of the scope (issue 9 item 6)."""
+        assert keys(request(**change)).scope != keys(request()).scope
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"user": "someone"},
+            {"metadata": {"user_api_key_hash": "key-1", "user_api_key_team_id": "t1", "feature": "x"}},
+            {"stream": False},
+            {"stream_options": {"include_usage": True}},
+            {"timeout": 30},
+            {"request_timeout": 5},
+            {"extra_headers": {"x-trace": "1"}},
+            {"num_retries": 3},
+            {"store": True},
+            {"litellm_call_id": "another-call"},
+            {"proxy_server_request": {"url": "/x"}},
+            {"tags": ["a"]},
+            {"temperature": 0.0},
+            {"logit_bias": None},
+        ],
+    )
+    def test_allow_listed_parameters_share_the_scope(self, change: dict[str, Any]) -> None:
+        """The documented allow-list, the proxy's plumbing, empty values and 0.0 for 0 share a scope."""
+        assert keys(request(**change)).scope == keys(request()).scope
+
+    def test_allow_list_is_short_and_documented(self) -> None:
+        """The allow-list is the documented one: each name appears in the README's cache section."""
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+        readme = readme.split("## Semantic cache", 1)[1].split("\n## ", 1)[0]
+        missing = [name for name in sorted(UNKEYED_PARAMS) if f"`{name}`" not in readme]
+        assert not missing and len(UNKEYED_PARAMS) <= 20
+
+    def test_parameters_nested_too_deep_are_skipped(self) -> None:
+        """A parameter nested deeper than can be keyed skips the cache instead of failing the request."""
+        deep: Any = 1
+        for _ in range(100_000):
+            deep = [deep]
+        assert decision(request(logit_bias=deep)).skip == "unreadable_params"
 
     def test_earlier_turns_split_scopes(self) -> None:
         """The same last question after different earlier turns lives in different scopes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,58 @@ class TestNoCache:
         """Without any opt-out the request may use the cache, and `cache` is not an attribute."""
         ctx = from_request(_data(cache=True))
         assert ctx.no_cache is False and "cache" not in ctx.attributes
+
+
+class TestOddParameters:
+    @pytest.mark.parametrize("stop", [5, True, {"a": 1}, [1, None, "END"], 1.5])
+    def test_odd_stop_values_are_no_stop_sequence(self, stop: Any) -> None:
+        """A stop that is not a string or a list of strings is no stop sequence, never raised (issue 9 item 5)."""
+        ctx = from_request(_data() | {"stop": stop})
+        assert ctx.params.stop == (("END",) if isinstance(stop, list) else ())
+
+    @pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens", "max_output_tokens", "n"])
+    def test_counts_past_int32_are_a_400_naming_the_field(self, name: str) -> None:
+        """A count too large for any provider (and for an estimate) is a 400 that names the parameter."""
+        with pytest.raises(BadRequestMetadata, match=rf"^{name} must be at most 2147483647, got 10{{30}}") as info:
+            from_request(_data() | {name: 10**30})
+        assert info.value.status == 400
+        with pytest.raises(BadRequestMetadata, match=name):
+            from_request(_data() | {name: 1e30})
+
+    @pytest.mark.parametrize("value", ["5", -5, 0, None, [], 2.5, float("nan")])
+    def test_odd_counts_are_read_leniently(self, value: Any) -> None:
+        """Strings, negatives and non-integers are accepted as the proxy accepts them (no limit assumed)."""
+        ctx = from_request(_data() | {"max_tokens": value, "n": value})
+        assert ctx.params.n >= 1
+
+    def test_request_params_keep_the_body_but_messages(self) -> None:
+        """The raw parameters reach the context (read-only) for the cache key; messages are not copied."""
+        ctx = from_request({"model": "m", "messages": [], "logit_bias": {"1": 5}})
+        assert dict(ctx.request_params) == {"model": "m", "logit_bias": {"1": 5}}
+
+
+class TestResponsesRouteMetadata:
+    @staticmethod
+    def responses_data(client: dict[str, Any] | None) -> dict[str, Any]:
+        """The pre-call data of /v1/responses as the proxy builds it: its fields in litellm_metadata."""
+        proxy: dict[str, Any] = {
+            "user_api_key_hash": "h-1",
+            "user_api_key_team_id": "t-1",
+            "litellm_received_at": datetime.now(timezone.utc),
+            "headers": {},
+        }
+        data: dict[str, Any] = {"model": "m", "input": "hi", "litellm_metadata": proxy}
+        if client is not None:
+            data["metadata"] = client
+            proxy["requester_metadata"] = dict(client)
+        return data
+
+    def test_proxy_fields_are_not_client_attributes(self) -> None:
+        """Without client metadata, the proxy's own fields (a datetime) are not client attributes (was a 400)."""
+        ctx = from_request(self.responses_data(None))
+        assert ctx.attributes == {} and ctx.api_key_hash == "h-1" and ctx.team_id == "t-1"
+
+    def test_identity_comes_from_litellm_metadata_when_the_client_sends_metadata(self) -> None:
+        """With client metadata on /v1/responses, the key and team still come from the proxy's dict."""
+        ctx = from_request(self.responses_data({"feature": "chat"}))
+        assert (ctx.api_key_hash, ctx.team_id, ctx.attributes["feature"]) == ("h-1", "t-1", "chat")
