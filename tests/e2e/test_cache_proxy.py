@@ -285,6 +285,37 @@ async def test_a_changed_earlier_turn_misses(
     assert calls(provider) == before + 1
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"logit_bias": {"1734": -100}},
+        {"presence_penalty": 1.0, "frequency_penalty": 0.5},
+        {"reasoning_effort": "high", "allowed_openai_params": ["reasoning_effort"]},
+        {"logprobs": True},
+        {"service_tier": "flex"},
+        {"prediction": {"type": "content", "content": "Go to Settings."}},
+    ],
+    ids=["logit_bias", "penalties", "reasoning_effort", "logprobs", "service_tier", "prediction"],
+)
+async def test_a_parameter_that_changes_the_answer_is_part_of_the_key(
+    proxy: ProxyServer, provider: FakeProvider, entries: Entries, client: httpx.AsyncClient, params: dict[str, Any]
+) -> None:
+    """An answer stored for a request with ``logit_bias`` (or penalties, reasoning_effort...) at temperature 0 is
+    never served to the same request without it (was an exact hit, issue 9 item 6); with it again it is a hit,
+    and an allow-listed parameter (``timeout``, ``stream_options``) does not split the key."""
+    user = unique("params")
+    first = await chat(client, proxy, user=user, **params)
+    assert first.headers["x-costkit-cache"] == "miss"
+    await entries.wait_for(user, QUESTION)
+    before = calls(provider)
+    plain = await chat(client, proxy, user=user)
+    assert plain.headers["x-costkit-cache"] == "miss", "served an answer given under other parameters"
+    assert calls(provider) == before + 1
+    again = await chat(client, proxy, user=user, timeout=30, **params)
+    assert again.headers["x-costkit-cache"] == "hit"
+    assert again.headers["x-costkit-cache-match"] == "exact"
+
+
 async def test_entries_expire_after_the_ttl(
     proxy: ProxyServer, provider: FakeProvider, entries: Entries, client: httpx.AsyncClient
 ) -> None:
