@@ -327,11 +327,12 @@ def from_request(
     # On the proxy, what the client sent is kept apart from what the proxy added.
     client = client_metadata(data, metadata_key)
     headers = _mapping(metadata.get("headers")) or _mapping(_mapping(data.get("proxy_server_request")).get("headers"))
+    tag_header = _header(headers, "x-litellm-tags")
     tags = reader.tags(
-        [
-            ("metadata.tags", metadata.get("tags")),
+        [  # the proxy copies the x-litellm-tags header into metadata.tags: name both
+            ("metadata.tags" if tag_header is None else "metadata.tags (or x-litellm-tags)", metadata.get("tags")),
             ("tags", data.get("tags")),
-            ("x-litellm-tags", _header(headers, "x-litellm-tags")),
+            ("x-litellm-tags", tag_header),
         ]
     )
     session = (
@@ -341,7 +342,7 @@ def from_request(
         or reader.text(client.get("session_id"), "metadata.session_id")
     )
     end_user = reader.text(data.get("user"), "user") or reader.text(
-        metadata.get("user_api_key_end_user_id"), "end user"
+        metadata.get("user_api_key_end_user_id"), "the end user id (user, or metadata.user_id)"
     )
     call_id = data.get("litellm_call_id")
     return RequestContext(

@@ -103,6 +103,9 @@ def chat(**params: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": HELLO, **params}
 
 
+IDS = ["stop-5", "stop-true", "stop-object", "stream-stop-5", "auto-stop-5", "completion-stop-5", "responses", "odd"]
+
+
 class TestOddParametersAreNotWorseThanVanilla:
     @pytest.mark.parametrize(
         ("route", "body"),
@@ -125,12 +128,12 @@ class TestOddParametersAreNotWorseThanVanilla:
             "completion-stop-5",
             "responses",
             "responses-odd",
-        ],  # fmt: skip
+        ],
     )
     def test_same_status_as_vanilla(
         self, vanilla: ProxyServer, pack: ProxyServer, route: str, body: dict[str, Any]
     ) -> None:
-        """An odd value the proxy itself accepts is accepted with the pack too (was a 500, or a 400 on /v1/responses)."""
+        """An odd value the proxy itself accepts is accepted with the pack too (was a 500, or 400 on /v1/responses)."""
         if body.get("model") == "auto":  # vanilla has no virtual model: compare with the tier it routes to
             expected = post(vanilla, route, {**body, "model": "gpt-4o-mini"}).status_code
         else:
