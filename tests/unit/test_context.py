@@ -258,10 +258,10 @@ class TestResponsesRouteMetadata:
 
     def test_proxy_fields_are_not_client_attributes(self) -> None:
         """Without client metadata, the proxy's own fields (a datetime) are not client attributes (was a 400)."""
-        ctx = from_request(self.responses_data(None))
+        ctx = from_request(self.responses_data(None), metadata_key="litellm_metadata")
         assert ctx.attributes == {} and ctx.api_key_hash == "h-1" and ctx.team_id == "t-1"
 
     def test_identity_comes_from_litellm_metadata_when_the_client_sends_metadata(self) -> None:
         """With client metadata on /v1/responses, the key and team still come from the proxy's dict."""
-        ctx = from_request(self.responses_data({"feature": "chat"}))
+        ctx = from_request(self.responses_data({"feature": "chat"}), metadata_key="litellm_metadata")
         assert (ctx.api_key_hash, ctx.team_id, ctx.attributes["feature"]) == ("h-1", "t-1", "chat")
