@@ -9,8 +9,8 @@ with and without the pack (same mock deployments). For every body:
   429 of a named policy (a budget or the agent breaker);
 - never ``costkit_internal_error`` (the catch-all is a safety net: the fuzzer proves it is not needed).
 
-Deterministic (``derandomize``, no example database, no shrinking). ``EXAMPLES`` bodies per route (1,200 in
-all, 2,400 requests, about a minute and a half); ``COSTKIT_FUZZ_SCALE=20`` multiplies them for a long run
+Deterministic (``derandomize``, no example database, no shrinking). ``EXAMPLES`` bodies per route (1,000 in
+all, 2,000 requests, about a minute and a half); ``COSTKIT_FUZZ_SCALE=20`` multiplies them for a long run
 (``python bench/fuzz_proxy.py``). ``COSTKIT_FUZZ_REPORT=path.json`` writes the statuses seen.
 """
 
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = float(os.environ.get("COSTKIT_FUZZ_SCALE", "1"))
-EXAMPLES = {"/v1/chat/completions": 800, "/v1/completions": 200, "/v1/responses": 200}
+EXAMPLES = {"/v1/chat/completions": 600, "/v1/completions": 200, "/v1/responses": 200}
 """Examples per route at scale 1 (the mock text-completion and responses paths are slower to answer)."""
 SESSION_HEADER = "x-costkit-session"
 POLICY_TYPES = frozenset({"budget_exceeded", "agent_step_limit", "agent_loop_detected", "agent_budget_exceeded"})
