@@ -187,7 +187,12 @@ def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pi
 def check_arm(proxy: ProxyServer, pack: bool) -> None:
     """Refuse to measure an arm that does not answer 200, or whose x-costkit-* headers say the wrong thing."""
     body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "metadata": {"user_id": "user-1"}, "max_tokens": 8}
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"user_id": "user-1"},
+            "max_tokens": 8,
+        }
     ).encode()
     request = urllib.request.Request(
         f"{proxy.base_url}/v1/chat/completions",

@@ -43,7 +43,7 @@ class LedgerBatcher:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
                 flags = await self._store.ledger_append_many([(entry_id, fields) for entry_id, fields, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+            except Exception as exc:  # handed to every waiting caller
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
