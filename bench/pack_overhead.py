@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -286,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     continue
                 run_wrk(proxy, arm_script, args, redis_pid, args.warmup)
             if args.hold:
-                print("holding; Ctrl-C to stop", file=sys.stderr)
+                print("holding; Ctrl-C or SIGTERM to stop", file=sys.stderr)
+                signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops every arm
                 with contextlib.suppress(KeyboardInterrupt):
                     time.sleep(3600)
                 return
