@@ -336,7 +336,9 @@ class CostKit:
         await budgets.flush()
 
     async def close(self) -> None:
-        """Flush the webhook queue (briefly), close the stages that hold connections, release the store."""
+        """Flush the ledger appends in flight and the webhook queue (briefly), close the stages that hold
+        connections, release the store."""
+        await self.accounting.flush()  # before the webhook closes: new events still reach it
         if self.webhook is not None:
             await self.webhook.close()
         for stage in self.stages:

@@ -7,12 +7,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from costkit_litellm.accounting.batch import LedgerBatcher
 from costkit_litellm.accounting.events import UsageEvent
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.money import Nano
 from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.pricing import Pricing
-from costkit_litellm.store import Store, StoreError
+from costkit_litellm.store import MemoryStore, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class AccountingStage:
         self._store = store
         self._metrics = metrics
         self._ledger = ledger
+        # An in-process ledger answers at once: batching would only defer the metrics behind it.
+        self._batcher = None if isinstance(store, MemoryStore) else LedgerBatcher(store)
+        self._append = store.ledger_append if self._batcher is None else self._batcher.append
         self._pricing = pricing
         self.listeners: list[Callable[[UsageEvent], None]] = []
         """Told of every new event (e.g. the billing webhook forwarder); must return at once."""
@@ -61,13 +65,22 @@ class AccountingStage:
             changes["cache_status"] = cache["status"]
         return replace(outcome, **changes) if changes else outcome
 
+    async def flush(self) -> None:
+        """Wait until every ledger append handed in so far is written (``CostKit.close`` awaits it)."""
+        if self._batcher is not None:
+            await self._batcher.flush()
+
+    async def close(self) -> None:
+        """Flush the ledger appends in flight."""
+        await self.flush()
+
     async def on_outcome(self, outcome: Outcome) -> None:
         """Append to the ledger; count in metrics if this is the first time."""
         event = UsageEvent.from_outcome(self.enrich(outcome))
         first = True
         if event.call_id and self._ledger:
             try:
-                first = await self._store.ledger_append(f"{event.call_id}:{event.outcome}", event.to_fields())
+                first = await self._append(f"{event.call_id}:{event.outcome}", event.to_fields())
             except StoreError as exc:
                 log.warning("costkit: ledger unavailable, counting %s in metrics only: %s", event.call_id, exc)
         if not first:

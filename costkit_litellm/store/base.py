@@ -224,6 +224,10 @@ class Store(Protocol):
     async def ledger_append(self, entry_id: str, fields: Mapping[str, str]) -> bool:
         """Append once per ``entry_id`` (a repeat is ignored and returns False)."""
 
+    async def ledger_append_many(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[bool]:
+        """``ledger_append`` for each ``(entry_id, fields)`` in order, in one round trip where the
+        store can; answers one flag per entry (False: a repeat, also of an earlier entry in ``entries``)."""
+
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
     ) -> list[LedgerEntry]:

@@ -231,6 +231,10 @@ class MemoryStore:
                 self._ledger.popleft()
         return True
 
+    async def ledger_append_many(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[bool]:
+        """``ledger_append`` for each entry, in order."""
+        return [await self.ledger_append(entry_id, fields) for entry_id, fields in entries]
+
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
     ) -> list[LedgerEntry]:

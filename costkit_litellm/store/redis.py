@@ -294,6 +294,40 @@ class RedisStore:
             args += [name, value]
         return int(await self._eval("ledger_append", keys, args)) == 1
 
+    async def ledger_append_many(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[bool]:
+        """``ledger_append`` for each entry, as one pipeline of script calls (one round trip). Each script is still
+        atomic and idempotent per entry id; a failed pipeline may have appended a prefix, which a
+        retry with the same ids does not append twice. redis-py refuses scripts in a cluster
+        pipeline, so a cluster runs them one by one."""
+        if not entries:
+            return []
+        if self._cluster:
+            return [await self.ledger_append(entry_id, fields) for entry_id, fields in entries]
+        stream = f"{self._prefix}:{{ledger}}"
+        client = self._conn()
+        sha = self._shas["ledger_append"]
+        for attempt in range(2):
+            try:
+                async with self._in_flight:
+                    pipe = client.pipeline(transaction=False)
+                    for entry_id, fields in entries:
+                        args = [self._now(), entry_id, self._dedupe_ms, self._ledger_max_len, self._ledger_max_age]
+                        for name, value in fields.items():
+                            args += [name, value]
+                        pipe.evalsha(sha, 2, stream, f"{stream}:id:{entry_id}", *args)
+                    replies = await pipe.execute(raise_on_error=False)
+            except _ERRORS as exc:
+                raise StoreError(f"Redis script ledger_append failed: {exc}") from exc
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self._load("ledger_append")  # after a server restart; the repeat is idempotent
+                sha = self._shas["ledger_append"]
+                continue
+            break
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            raise StoreError(f"Redis script ledger_append failed: {failed[0]}")
+        return [int(r) == 1 for r in replies]
+
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
     ) -> list[LedgerEntry]:

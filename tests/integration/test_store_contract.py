@@ -522,6 +522,16 @@ class TestLedger:
         entries = await store.ledger_read()
         assert [(e.entry_id, dict(e.fields)) for e in entries] == [("e1", {"cost": "1"})]
 
+    async def test_append_many_appends_each_new_entry_once_in_order(self, store):
+        """A batch appends its entries in order, flags repeats (earlier or within the batch), and is idempotent."""
+        assert await store.ledger_append("b0", {"i": "0"})
+        batch = [("b1", {"i": "1"}), ("b0", {"i": "x"}), ("b2", {"i": "2"}), ("b1", {"i": "y"})]
+        assert await store.ledger_append_many(batch) == [True, False, True, False]
+        assert await store.ledger_append_many(batch) == [False, False, False, False]
+        assert await store.ledger_append_many([]) == []
+        entries = await store.ledger_read()
+        assert [(e.entry_id, e.fields["i"]) for e in entries] == [("b0", "0"), ("b1", "1"), ("b2", "2")]
+
     async def test_entries_come_back_in_append_order(self, store, fake_clock):
         """Reads return entries oldest first with their fields and growing timestamps."""
         for i in range(5):

@@ -1,0 +1,316 @@
+"""What each stage of the pack costs the proxy, measured from outside with wrk and /proc.
+
+One run, side by side: a vanilla LiteLLM proxy, the pack with each stage alone, and the full
+production-shaped pack (two budgets, the breaker, accounting with the Redis ledger, metrics by
+feature), all on mock deployments (``mock_response``: no provider process, so the proxy is the
+only thing doing work) and one real Redis from the harness. Runs are interleaved (every arm once
+per round, the order reversed every other round) so drift on a shared machine hits every arm.
+
+Per run: ``wrk`` (C, so the load generator is not the bottleneck) at the given concurrency for
+``--duration`` seconds, and the CPU time (utime + stime from ``/proc``) of the proxy's process
+group plus the Redis server over that run. The table: req/s (median over rounds), CPU ms per
+request (proxy tree + Redis, over all rounds), p50/p99 (median over rounds of wrk's
+percentiles), errors, and each arm's ratio to vanilla.
+
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/pack_overhead.py --duration 10 --rounds 3
+
+Needs ``wrk`` on the PATH (Debian: ``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from costkit_litellm.testing.proxy_server import (
+    ProxyServer,
+    base_config,
+    enable_costkit,
+    mock_deployment,
+    write_config,
+)
+from costkit_litellm.testing.redis_server import RedisServer
+
+MODEL = "bench-model"
+HUGE_USD = 1_000_000
+USERS = 100
+FEATURES = ("search", "chat", "summary", "support")
+
+OFF: dict[str, Any] = {"breaker": {"enabled": False}, "ledger": {"enabled": False}, "metrics": {"enabled": False}}
+BUDGETS = [
+    {"name": "global_day", "scope": "global", "limit_usd": HUGE_USD, "window": "day"},
+    {"name": "user_day", "scope": "user", "limit_usd": HUGE_USD, "window": "day"},
+]
+ARM_SECTIONS: dict[str, dict[str, Any] | None] = {
+    "vanilla": None,
+    "pack (no stage)": OFF,
+    "budgets": {**OFF, "budgets": BUDGETS},
+    "breaker": {**OFF, "breaker": {"enabled": True}},
+    "ledger (Redis)": {**OFF, "ledger": {"enabled": True}},
+    "metrics by feature": {**OFF, "metrics": {"enabled": True, "tag_labels": ["feature"]}},
+    "full pack": {"budgets": BUDGETS, "metrics": {"tag_labels": ["feature"]}},
+}
+"""Each arm's ``costkit:`` section (``None``: no pack); every pack arm gets the same Redis."""
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+local features = {%(features)s}
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"model":"%(model)s","max_tokens":32,'
+    .. '"messages":[{"role":"user","content":"Summarise the benefits of caching in one line."}],'
+    .. '"metadata":{"user_id":"user-' .. (n %% %(users)d) .. '",'
+    .. '"tags":["feature:' .. features[(n %% #features) + 1] .. '"]}}'
+  return wrk.format(nil, "/v1/chat/completions", nil, body)
+end
+"""
+
+
+@dataclass
+class WrkRun:
+    """One wrk run against one arm, with the CPU the arm's processes used meanwhile."""
+
+    requests: int
+    wall_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall_s
+
+
+@dataclass
+class ArmResult:
+    runs: list[WrkRun] = field(default_factory=list)
+
+    def rate(self) -> float:
+        return statistics.median(r.rate for r in self.runs)
+
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * sum(r.cpu_s for r in self.runs) / max(1, sum(r.requests for r in self.runs))
+
+    def p50(self) -> float:
+        return statistics.median(r.p50_ms for r in self.runs)
+
+    def p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.runs)
+
+    def errors(self) -> int:
+        return sum(r.errors for r in self.runs)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def group_cpu_s(pgids: Sequence[int], pids: Sequence[int] = ()) -> float:
+    """utime + stime (seconds) of every live process in the process groups ``pgids`` and of ``pids``."""
+    total = 0
+    wanted = set(pgids)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None:
+            continue
+        if int(fields[2]) in wanted or int(entry.name) in pids:  # fields[2] is pgrp (field 5)
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _TICK
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
+    """``(requests, wall_s, p50_ms, p99_ms, errors)`` from ``wrk --latency`` output."""
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    if not (done and p50 and p99):
+        raise RuntimeError(f"cannot read wrk output:\n{output}")
+    errors = 0
+    if non2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors += int(non2xx.group(1))
+    if socket := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
+        errors += sum(int(x) for x in socket.groups())
+    wall_s = _ms(done.group(2) + done.group(3)) / 1000
+    return int(done.group(1)), wall_s, _ms(p50.group(1)), _ms(p99.group(1)), errors
+
+
+def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pid: int, duration: float) -> WrkRun:
+    threads = min(2, args.concurrency)
+    command = ["wrk", "--latency", f"-t{threads}", f"-c{args.concurrency}", f"-d{duration:g}s", "--timeout", "30s"]
+    command += ["-s", str(script), proxy.base_url]
+    assert proxy.pid is not None
+    before = group_cpu_s([proxy.pid], [redis_pid])
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = group_cpu_s([proxy.pid], [redis_pid]) - before
+    requests, wall_s, p50, p99, errors = parse_wrk(output)
+    return WrkRun(requests, wall_s, p50, p99, errors, cpu)
+
+
+def check_arm(proxy: ProxyServer, pack: bool) -> None:
+    """Refuse to measure an arm that does not answer 200, or whose x-costkit-* headers say the wrong thing."""
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"user_id": "user-1"},
+            "max_tokens": 8,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{proxy.base_url}/v1/chat/completions",
+        data=body,
+        headers={**proxy.auth_headers, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        has_pack = any(name.lower().startswith("x-costkit-") for name in response.headers)
+    if has_pack != pack:
+        raise SystemExit(f"{proxy!r}: x-costkit-* headers {'present' if has_pack else 'absent'}")
+
+
+def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path]:
+    base = base_config([mock_deployment(MODEL)])
+    result = {}
+    for index, arm in enumerate(arms):
+        section = ARM_SECTIONS[arm]
+        config = base
+        if section is not None:
+            prefix = f"bench{index}-{uuid.uuid4().hex[:6]}"
+            config = enable_costkit(base, {"redis_url": redis_url, "key_prefix": prefix, **section})
+        result[arm] = write_config(folder / f"arm{index}.yaml", config)
+    return result
+
+
+def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
+    vanilla = results["vanilla"]
+    rows = [
+        "| arm | req/s | CPU ms/req | p50 ms | p99 ms | errors | req/s vs vanilla | CPU vs vanilla |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, result in results.items():
+        added = result.cpu_ms_per_request() - vanilla.cpu_ms_per_request()
+        cpu_note = "" if arm == "vanilla" else f"{added:+.2f} ms ({added / vanilla.cpu_ms_per_request():+.0%})"
+        rows.append(
+            f"| {arm} | {result.rate():.1f} | {result.cpu_ms_per_request():.2f} | {result.p50():.0f} | "
+            f"{result.p99():.0f} | {result.errors()} | {result.rate() / vanilla.rate():.3f} | {cpu_note} |"
+        )
+    return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def proxies(paths: dict[str, Path]) -> Iterator[dict[str, ProxyServer]]:
+    with contextlib.ExitStack() as stack:
+        started = {}
+        for arm, path in paths.items():
+            started[arm] = stack.enter_context(ProxyServer(path))
+            print(f"  {arm}: {started[arm].base_url} pid {started[arm].pid}", file=sys.stderr)
+        yield started
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load per arm first")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--arms", default=",".join(ARM_SECTIONS), help=f"comma-separated subset of: {', '.join(ARM_SECTIONS)}"
+    )
+    parser.add_argument("--hold", action="store_true", help="start the arms and wait (for py-spy), no load")
+    args = parser.parse_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in args.arms if a not in ARM_SECTIONS]
+    if unknown or "vanilla" not in args.arms:
+        parser.error(f"--arms: unknown {unknown} (vanilla is required)" if unknown else "--arms must include vanilla")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found on PATH (Debian: apt-get install wrk)")
+    with (
+        tempfile.TemporaryDirectory(prefix="costkit-bench-") as tmp,
+        RedisServer(search=False) as redis,
+    ):
+        redis_pid = redis._proc.pid if redis._proc is not None else 0
+        print(f"redis {redis.url} pid {redis_pid}", file=sys.stderr)
+        with proxies(configs(Path(tmp), redis.url, args.arms)) as started:
+            features = ",".join(f'"{f}"' for f in FEATURES)
+            for arm, proxy in started.items():
+                check_arm(proxy, ARM_SECTIONS[arm] is not None)
+            results = {arm: ArmResult() for arm in args.arms}
+            for arm, proxy in started.items():
+                arm_script = Path(tmp) / f"load-{abs(hash(arm))}.lua"
+                text = WRK_SCRIPT % {"key": proxy.master_key, "features": features, "model": MODEL, "users": USERS}
+                arm_script.write_text(text)
+                if args.hold:
+                    continue
+                run_wrk(proxy, arm_script, args, redis_pid, args.warmup)
+            if args.hold:
+                print("holding; Ctrl-C or SIGTERM to stop", file=sys.stderr)
+                signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops every arm
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(3600)
+                return
+            for round_no in range(args.rounds):
+                order = list(started.items()) if round_no % 2 == 0 else list(started.items())[::-1]
+                for arm, proxy in order:
+                    arm_script = Path(tmp) / f"load-{abs(hash(arm))}.lua"
+                    run = run_wrk(proxy, arm_script, args, redis_pid, args.duration)
+                    results[arm].runs.append(run)
+                    print(
+                        f"  round {round_no + 1} {arm:20}: {run.rate:6.1f} req/s, "
+                        f"{1000 * run.cpu_s / max(1, run.requests):5.2f} CPU ms/req, p50 {run.p50_ms:.0f} ms, "
+                        f"errors {run.errors}",
+                        file=sys.stderr,
+                    )
+    print(
+        f"\nProxy overhead per stage: wrk -c{args.concurrency}, {args.duration:g} s x {args.rounds} rounds per arm, "
+        f"interleaved; mock deployments; CPU = proxy process group + Redis (from /proc); "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.\n"
+    )
+    print(table(results, args))
+
+
+if __name__ == "__main__":
+    main()
