@@ -22,17 +22,23 @@ Vocabulary:
 
   Setting both ``expires_at`` and ``window_s`` is a ``ValueError`` at the call.
 - ``reserve`` holds ``amount`` against several limits at once, all or nothing: it succeeds only if
-  for every limit ``committed + reserved + amount <= cap``. The hold is a *lease*: if neither
-  ``settle`` nor ``release`` arrives within ``lease_s`` seconds, it stops counting by itself (a
-  crashed replica gives its holds back). On success it answers the usage of every limit *after*
+  for every limit ``committed + reserved + amount <= cap``. Amounts are never negative
+  (``ValueError`` in ``reserve``, ``settle`` and ``commit``). A call id names one request: a
+  reserve for an id the store already knows (held, expired or finished within the grace period)
+  is refused with ``collision`` and holds nothing. The hold is a *lease*: if neither ``settle``
+  nor ``release`` arrives within ``lease_s`` seconds (``renew`` pushes it back), it expires and
+  its amount *counts as spent* (moved to ``committed``; rolling limits: in the bucket of the
+  expiry), because the provider may have billed a call whose replica crashed: a crash can only
+  make a limit stricter, never looser. On success it answers the usage of every limit *after*
   the hold (``ReserveResult.usages``), so the caller knows the tightest remaining room without
   another round trip.
 - ``settle`` turns a reservation into committed spend of the *actual* amount (which may differ
   from the reserved worst case) on every limit it held (for a rolling limit: in the bucket of the
   settle time); ``release`` drops it. Both are idempotent by call id: the second call for the same
-  id changes nothing and returns ``False``. A settle after the lease expired still commits (the
-  money was spent), without double-freeing the hold.
-- ``commit`` charges an amount with no prior reservation (accounting-only paths), idempotent too.
+  id changes nothing and returns ``False``. A settle or release after the lease expired corrects
+  the amount counted at expiry to the actual one (0 for a release), in the bucket where it was
+  counted while that bucket is in the window (never below zero).
+- ``commit`` charges an amount with no reservation (accounting-only paths), idempotent too.
 - ``usage`` reads limits (by ``Limit`` or plain key); ``list_limits`` finds every live limit
   under a key prefix (operators' ``costkit budgets show``; not for the hot path).
 - A *counter* (``incr``/``get``) is a plain integer with an optional expiry, fixed at creation or
@@ -128,10 +134,12 @@ class ReserveResult:
     """On refusal: the usage of the limit that refused (before this request)."""
     denied_cap: int | None = None
     """On refusal: that limit's cap."""
+    collision: bool = False
+    """On refusal: the call id is already known to the store (held, expired or finished within the
+    grace period). Nothing is held; ids must be unique per request."""
     usages: tuple[LimitUsage, ...] = ()
     """On success: the usage of every limit, in the order given, *after* this hold (its amount is
-    in ``reserved``). A repeated reserve for a live or finished call id holds nothing and answers
-    the usage as it is. Empty on refusal. On Redis Cluster each entry is read when that limit was
+    in ``reserved``). Empty on refusal. On Redis Cluster each entry is read when that limit was
     held (limits live in different slots), so concurrent calls may have moved the earlier ones."""
 
 
@@ -176,12 +184,16 @@ class Store(Protocol):
 
         Admitted: ``ok`` with ``usages`` (every limit after the hold). Refused: ``denied`` and
         ``denied_cap`` name the first limit in the given order that would pass its cap, and
-        nothing is held anywhere. Reserving an id that already holds a live reservation (or was
-        settled or released) returns ok without holding twice."""
+        nothing is held anywhere. An id the store already knows (live, expired or finished) is
+        refused with ``collision`` and nothing is held."""
+
+    async def renew(self, call_id: str, lease_s: float) -> bool:
+        """Push a live lease's expiry to ``lease_s`` from now (a long stream); False when the id is
+        unknown, finished or its lease already expired (it then counts as spent)."""
 
     async def settle(self, call_id: str, actual: int) -> bool:
         """Commit ``actual`` on the limits the reservation held (rolling limits: in the bucket of
-        now); False if unknown or done."""
+        now; an expired lease: corrected where it was counted); False if unknown or done."""
 
     async def release(self, call_id: str) -> bool:
         """Drop the reservation; False if unknown or already settled/released."""

@@ -15,7 +15,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, as_limits, check_limits
 
@@ -41,6 +41,8 @@ class _LimitState:
     """call_id -> (amount, lease expiry)."""
     heap: list[tuple[float, str]] = field(default_factory=list)
     """(lease expiry, call_id), possibly stale; lets the purge stop at the first live lease."""
+    expired: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """call_id -> (amount, bucket index or -1) of leases that expired and were counted as spent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +112,14 @@ class MemoryStore:
 
     # --- reservations -------------------------------------------------------------------
     async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
-        """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
+        """Hold ``amount`` on every limit or on none; an id already known is refused (``collision``)."""
         _check_amount(amount)
         check_limits(limits)
         now = self._tick()
-        if self._is_done(call_id, now):
-            return ReserveResult(ok=True, usages=self._usages(limits, now))
-        previous = self._reservation(call_id, now)
-        if previous is not None and previous.lease_until > now:
-            return ReserveResult(ok=True, usages=self._usages(limits, now))
+        if self._is_done(call_id, now) or self._reservation(call_id, now) is not None:
+            return ReserveResult(ok=False, collision=True)
         states = [self._limit(limit.key, now, limit) for limit in limits]
         for limit, state in zip(limits, states, strict=True):
-            if state is not None and call_id in state.leases:
-                continue
             committed, reserved = (0, 0) if state is None else (state.committed, state.reserved)
             if committed + reserved + amount > limit.cap:
                 usage = LimitUsage(limit.key, committed, reserved)
@@ -130,10 +127,9 @@ class MemoryStore:
         lease_until = now + lease_s
         for limit in limits:
             state = self._limit_for_write(limit, now)
-            if call_id not in state.leases:
-                state.leases[call_id] = (amount, lease_until)
-                heapq.heappush(state.heap, (lease_until, call_id))
-                state.reserved += amount
+            state.leases[call_id] = (amount, lease_until)
+            heapq.heappush(state.heap, (lease_until, call_id))
+            state.reserved += amount
         self._reservations[call_id] = _Reservation(
             amount=amount,
             limits=tuple(Limit(limit.key, 0, limit.expires_at, limit.window_s, limit.buckets) for limit in limits),
@@ -151,8 +147,27 @@ class MemoryStore:
         """Drop the reservation, once."""
         return self._finish(call_id, None)
 
+    async def renew(self, call_id: str, lease_s: float) -> bool:
+        """Push a live reservation's lease to ``lease_s`` from now; False if unknown, done or expired."""
+        now = self._tick()
+        record = None if self._is_done(call_id, now) else self._reservation(call_id, now)
+        if record is None or record.lease_until <= now:
+            return False
+        lease_until = now + lease_s
+        for limit in record.limits:
+            state = self._limit(limit.key, now, limit)
+            lease = None if state is None else state.leases.get(call_id)
+            if state is not None and lease is not None:
+                state.leases[call_id] = (lease[0], lease_until)
+                heapq.heappush(state.heap, (lease_until, call_id))
+        self._reservations[call_id] = replace(
+            record, lease_until=lease_until, record_until=max(record.record_until, lease_until + self._grace_s)
+        )
+        return True
+
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        _check_amount(amount)
         check_limits(limits)
         now = self._tick()
         until = self._committed_ids.get(call_id)
@@ -307,17 +322,27 @@ class MemoryStore:
         if state.expires_at is not None and state.expires_at <= now:
             del self._limits[key]
             return None
+        window_ms, bucket_ms = (0, 0) if limit is None else limit.rolling_ms()
+        if window_ms == 0:
+            window_ms, bucket_ms = state.window_ms, state.bucket_ms
+        keep = (_ms(now) - window_ms) // bucket_ms if window_ms > 0 else 0
+        # bucket j counts while now < (j+1)*bucket + window
         while state.heap and state.heap[0][0] <= now:
             until, call_id = heapq.heappop(state.heap)
             lease = state.leases.get(call_id)
             if lease is not None and lease[1] == until:
+                # The provider may have billed: an expired hold counts as spent, in the bucket of
+                # its expiry, until a late settle or release corrects it (``_correct``).
                 del state.leases[call_id]
                 state.reserved -= lease[0]
-        window_ms, bucket_ms = (0, 0) if limit is None else limit.rolling_ms()
-        if window_ms == 0:
-            window_ms, bucket_ms = state.window_ms, state.bucket_ms
+                index = _ms(until) // bucket_ms if window_ms > 0 else -1
+                state.expired[call_id] = (lease[0], index)
+                if window_ms == 0:
+                    state.committed += lease[0]
+                elif index >= keep:
+                    state.buckets[index] = state.buckets.get(index, 0) + lease[0]
+                    state.committed += lease[0]
         if window_ms > 0:
-            keep = (_ms(now) - window_ms) // bucket_ms  # bucket j counts while now < (j+1)*bucket + window
             for index in [j for j in state.buckets if j < keep]:
                 state.committed -= state.buckets.pop(index)
             if state.committed == 0 and state.reserved == 0 and not state.leases:
@@ -357,11 +382,32 @@ class MemoryStore:
         for limit in record.limits:
             state = self._limit(limit.key, now, limit)
             lease = None if state is None else state.leases.pop(call_id, None)
+            expired = None if state is None else state.expired.pop(call_id, None)
             if state is not None and lease is not None:
                 state.reserved -= lease[0]
-            if actual is not None:
+            if state is not None and expired is not None:
+                self._correct(state, (actual or 0) - expired[0], expired[1], now)
+            elif actual is not None and lease is not None:
                 self._add_committed(limit, actual, now)
+            elif actual is not None and record.lease_until > now:
+                self._add_committed(limit, actual, now)  # the limit was reset under a live lease
         return True
+
+    @staticmethod
+    def _correct(state: _LimitState, delta: int, index: int, now: float) -> None:
+        """Correct an expired hold (counted as spent) to the real amount, where it was counted.
+
+        A rolling limit corrects the bucket of the expiry while that bucket is still in the window
+        (after that the amount counts nowhere, and neither should the correction)."""
+        if state.window_ms == 0:
+            state.committed = max(0, state.committed + delta)
+            return
+        if index < (_ms(now) - state.window_ms) // state.bucket_ms:
+            return
+        before = state.buckets.get(index, 0)
+        after = max(0, before + delta)
+        state.buckets[index] = after
+        state.committed += after - before
 
 
 def _ms(now: float) -> int:

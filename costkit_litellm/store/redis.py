@@ -9,6 +9,7 @@ Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster
                         lo = lowest J present (c = sum of the buckets)
     P:{lim:K}:l  zset   call_id -> lease expiry (ms)                         its live leases
     P:{lim:K}:a  hash   call_id -> reserved amount
+    P:{lim:K}:a  hash   also e:call_id -> "amount:bucket" of an expired lease (counted as spent)
     P:{call:I}:r hash   amount, lease_until, limits (JSON)                   reservation record
     P:{call:I}:d string finished marker (settled / released), TTL = grace
     P:{commit:I} string commit marker, TTL = grace
@@ -60,7 +61,7 @@ _SCRIPTS: Final = (
     "finish",
     "close_record",
     "record_state",
-    "record_put",
+    "renew",
     "unhold",
     "commit",
     "usage",
@@ -174,7 +175,7 @@ class RedisStore:
 
     # --- reservations -------------------------------------------------------------------
     async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
-        """Hold ``amount`` on every limit or on none; a live or finished id is not held twice."""
+        """Hold ``amount`` on every limit or on none; an id already known is refused (``collision``)."""
         _check_amount(amount)
         check_limits(limits)
         spec = _spec(limits)
@@ -185,24 +186,47 @@ class RedisStore:
             args = [self._now(), "1", *head] + [v for limit in limits for v in _cap_args(limit)]
             reply = await self._eval("reserve", keys, args)
             return _reserve_result(reply, limits)
-        if int(await self._eval("record_state", record, [self._now()])) == 2:
-            return ReserveResult(ok=True, usages=tuple(await self.usage(limits)))
+        # Cluster: claim the id with its record first (one slot), then hold limit by limit.
+        claim_args = [self._now(), str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
+        if int(await self._eval("record_state", record, claim_args)) == 3:
+            return ReserveResult(ok=False, collision=True)
         held: list[Limit] = []
         usages: list[LimitUsage] = []
         for limit in limits:
             args = [self._now(), "0", *head, *_cap_args(limit)]
             reply = await self._eval("reserve", self._limit_keys(limit.key), args)
-            if int(reply[0]) == 0:
+            if int(reply[0]) != 1:
                 for earlier in held:
                     keys = self._limit_keys(earlier.key)
                     await self._eval("unhold", keys, [self._now(), call_id])
+                await self._call("DEL", record[0])
                 return _reserve_result(reply, [limit])
-            if int(reply[0]) == 1:
-                held.append(limit)
+            held.append(limit)
             usages.append(LimitUsage(limit.key, int(reply[1]), int(reply[2])))
-        put_args = [self._now(), str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
-        await self._eval("record_put", record[:1], put_args)
         return ReserveResult(ok=True, usages=tuple(usages))
+
+    async def renew(self, call_id: str, lease_s: float) -> bool:
+        """Push a live lease's expiry to ``lease_s`` from now; False if unknown, done or expired."""
+        record = self._record_keys(call_id)
+        head = [call_id, _ms(lease_s), self._record_ttl(lease_s)]
+        for _ in range(3):  # the record can only change under us if the call is re-reserved
+            spec = await self._call("HGET", record[0], "limits")
+            if spec is None:
+                return False
+            limits = _parse_spec(spec)
+            rolling = [v for _, _, window_ms, bucket_ms in limits for v in (window_ms, bucket_ms)]
+            if self._cluster:
+                if int(await self._eval("renew", record, [self._now(), "1", *head, spec])) != 1:
+                    return False
+                for (key, _, window_ms, bucket_ms) in limits:
+                    args = [self._now(), "0", *head, "", window_ms, bucket_ms]
+                    await self._eval("renew", self._limit_keys(key), args)
+                return True
+            keys = record + [k for key, *_ in limits for k in self._limit_keys(key)]
+            status = int(await self._eval("renew", keys, [self._now(), "1", *head, spec, *rolling]))
+            if status >= 0:
+                return status == 1
+        raise StoreError(f"reservation {call_id!r} kept changing during renew")
 
     async def settle(self, call_id: str, actual: int) -> bool:
         """Commit ``actual`` on the reservation's limits, once."""
@@ -215,6 +239,7 @@ class RedisStore:
 
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge without a reservation, once per ``call_id`` (within the grace period)."""
+        _check_amount(amount)
         check_limits(limits)
         marker = [f"{self._prefix}:{{commit:{call_id}}}"]
         ttl = str(self._grace_ms)
@@ -392,9 +417,9 @@ class RedisStore:
         record = self._record_keys(call_id)
         done_ttl = str(self._grace_ms)
         if self._cluster:
-            spec = await self._eval("close_record", record, [mode, done_ttl])
+            spec, lease_until = await self._eval("close_record", record, [mode, done_ttl])
             for key, *windows in _parse_spec(spec):
-                args = [self._now(), "0", call_id, mode, str(actual), done_ttl, "", *windows]
+                args = [self._now(), "0", call_id, mode, str(actual), done_ttl, str(lease_until), *windows]
                 await self._eval("finish", self._limit_keys(key), args)
             return bool(spec)
         for _ in range(3):  # the record can only change under us if the call is re-reserved
@@ -475,6 +500,8 @@ def _glob_escape(text: str) -> str:
 
 
 def _reserve_result(reply: list[Any], limits: Sequence[Limit]) -> ReserveResult:
+    if int(reply[0]) == 3:
+        return ReserveResult(ok=False, collision=True)
     if int(reply[0]) != 0:
         usages = tuple(
             LimitUsage(limit.key, int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, limit in enumerate(limits)

@@ -112,19 +112,24 @@ class TestReserve:
         result = await store.reserve("a", 1, [Limit("y", 10), Limit("x", 10)], LEASE_S)
         assert result.denied is not None and result.denied.key == "y"
 
-    async def test_reserving_a_live_id_does_not_hold_twice(self, store):
-        """A second reserve for a call id with a live lease returns ok and holds nothing more."""
+    async def test_reserving_a_live_id_is_refused_as_a_collision(self, store):
+        """A second reserve for a call id with a live lease is refused (``collision``) and holds nothing."""
         assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
-        assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
+        again = await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)
+        assert not again.ok and again.collision and again.denied is None
         assert await usage_of(store, "x") == (0, 300)
         assert await store.settle("a", 100)
         assert await usage_of(store, "x") == (100, 0)
 
-    async def test_reserving_a_finished_id_holds_nothing(self, store):
-        """A reserve for a call id already settled returns ok without holding anything."""
+    async def test_reserving_a_finished_id_is_refused_as_a_collision(self, store):
+        """A reserve for a call id already settled or released is refused and holds nothing."""
         await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)
         await store.settle("a", 200)
-        assert (await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S)).ok
+        await store.reserve("b", 300, [Limit("x", 1000)], LEASE_S)
+        await store.release("b")
+        for call_id in ("a", "b"):
+            result = await store.reserve(call_id, 300, [Limit("x", 1000)], LEASE_S)
+            assert not result.ok and result.collision
         assert await usage_of(store, "x") == (200, 0)
 
     async def test_zero_amount_reservation_settles_and_releases(self, store):
@@ -168,31 +173,54 @@ class TestSettleAndRelease:
         assert not await store.settle("ghost", 10)
         assert not await store.release("ghost")
 
-    async def test_lease_expiry_returns_reserved_to_zero(self, store, fake_clock):
-        """An unsettled lease stops counting after ``lease_s`` and frees room for others."""
+    async def test_expired_lease_counts_as_spent(self, store, fake_clock):
+        """An unsettled lease stops being reserved after ``lease_s`` and is counted as committed spend."""
         await store.reserve("a", 800, [Limit("x", 1000)], LEASE_S)
         assert not (await store.reserve("b", 800, [Limit("x", 1000)], LEASE_S)).ok
         fake_clock.advance(LEASE_S + 0.01)
-        assert await usage_of(store, "x") == (0, 0)
-        assert (await store.reserve("b", 800, [Limit("x", 1000)], LEASE_S)).ok
+        assert await usage_of(store, "x") == (800, 0)
+        assert not (await store.reserve("b", 800, [Limit("x", 1000)], LEASE_S)).ok
+        assert (await store.reserve("c", 200, [Limit("x", 1000)], LEASE_S)).ok
 
-    async def test_settle_after_lease_expiry_commits_once(self, store, fake_clock):
-        """A late settle still commits the spend, once, without freeing the hold twice."""
-        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+    async def test_settle_after_lease_expiry_corrects_to_the_actual_amount(self, store, fake_clock):
+        """A late settle replaces the expired hold counted as spent by the actual amount, once."""
+        await store.reserve("a", 500, [Limit("x", 1000), Limit("y", 1000)], LEASE_S)
         fake_clock.advance(LEASE_S + 1)
         await store.reserve("b", 300, [Limit("x", 1000)], LEASE_S)
+        assert await usage_of(store, "x") == (500, 300)
         assert await store.settle("a", 400)
         assert not await store.settle("a", 400)
-        assert await usage_of(store, "x") == (400, 300)
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 400, 300), LimitUsage("y", 400, 0)]
 
-    async def test_reserve_again_after_lease_expiry_holds_anew(self, store, fake_clock):
-        """After its lease expired, the same call id can reserve again (caps are checked again)."""
+    async def test_late_settle_above_the_hold_commits_the_actual_amount(self, store, fake_clock):
+        """A late settle for more than the expired hold commits the real (larger) amount."""
         await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
         fake_clock.advance(LEASE_S + 1)
-        assert (await store.reserve("a", 700, [Limit("x", 1000)], LEASE_S)).ok
-        assert await usage_of(store, "x") == (0, 700)
-        assert await store.settle("a", 650)
-        assert await usage_of(store, "x") == (650, 0)
+        assert await store.settle("a", 900)
+        assert await usage_of(store, "x") == (900, 0)
+
+    async def test_reserving_an_expired_id_is_refused(self, store, fake_clock):
+        """After its lease expired, the same call id is still known: a new reserve is a collision."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        fake_clock.advance(LEASE_S + 1)
+        result = await store.reserve("a", 100, [Limit("x", 1000)], LEASE_S)
+        assert not result.ok and result.collision
+        assert await usage_of(store, "x") == (500, 0)
+
+    async def test_renew_keeps_a_lease_live(self, store, fake_clock):
+        """``renew`` pushes the lease back: a hold renewed in time never expires; an expired one cannot be renewed."""
+        await store.reserve("a", 500, [Limit("x", 1000), Limit("y", 1000, window_s=600)], LEASE_S)
+        for _ in range(4):
+            fake_clock.advance(LEASE_S * 0.6)
+            assert await store.renew("a", LEASE_S)
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 0, 500), LimitUsage("y", 0, 500)]
+        fake_clock.advance(LEASE_S + 1)
+        assert not await store.renew("a", LEASE_S)
+        assert await usage_of(store, "x") == (500, 0)
+        assert not await store.renew("ghost", LEASE_S)
+        await store.reserve("b", 100, [Limit("x", 1000)], LEASE_S)
+        await store.settle("b", 100)
+        assert not await store.renew("b", LEASE_S)
 
     async def test_release_frees_the_hold(self, store):
         """Release gives the whole reservation back and commits nothing."""
@@ -222,12 +250,13 @@ class TestSettleAndRelease:
         assert not await store.release("a")
         assert await usage_of(store, "x") == (300, 0)
 
-    async def test_release_after_lease_expiry_does_not_go_negative(self, store, fake_clock):
-        """Releasing an expired lease succeeds once and never frees other calls' holds."""
+    async def test_release_after_lease_expiry_refunds_the_expired_hold(self, store, fake_clock):
+        """Releasing an expired lease takes back what its expiry counted, once, and never other calls' holds."""
         await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
         fake_clock.advance(LEASE_S + 1)
         await store.reserve("b", 200, [Limit("x", 1000)], LEASE_S)
         assert await store.release("a")
+        assert not await store.release("a")
         assert await usage_of(store, "x") == (0, 200)
 
     async def test_negative_amounts_are_rejected(self, store):
@@ -237,6 +266,9 @@ class TestSettleAndRelease:
         await store.reserve("b", 1, [Limit("x", 10)], LEASE_S)
         with pytest.raises(ValueError):
             await store.settle("b", -5)
+        with pytest.raises(ValueError):
+            await store.commit("c", -999_999_980, [Limit("x", 10)])
+        assert await usage_of(store, "x") == (0, 1)
 
 
 class TestCommit:
@@ -276,16 +308,6 @@ class TestReserveUsages:
             LimitUsage("roll", 700, 500),
         )
         assert list(result.usages) == await store.usage(limits)
-
-    async def test_repeated_reserve_answers_current_usages(self, store):
-        """A reserve for a call id already holding (or finished) holds nothing and reports usage as is."""
-        limits = [Limit("x", 1000), Limit("y", 1000)]
-        first = await store.reserve("a", 300, limits, LEASE_S)
-        again = await store.reserve("a", 300, limits, LEASE_S)
-        assert first.usages == again.usages == (LimitUsage("x", 0, 300), LimitUsage("y", 0, 300))
-        await store.settle("a", 100)
-        done = await store.reserve("a", 300, limits, LEASE_S)
-        assert done.ok and done.usages == (LimitUsage("x", 100, 0), LimitUsage("y", 100, 0))
 
     async def test_refusal_has_no_usages(self, store):
         """A refused reserve reports the refusing limit in ``denied`` and no ``usages``."""
@@ -351,6 +373,32 @@ class TestRollingWindows:
         fake_clock.advance(self.WINDOW_S - 1)  # 109 s after the reserve, 59 s after the settle
         assert await usage_of(store, limit) == (400, 0)
         fake_clock.advance(self.BUCKET_S + 1)
+        assert await usage_of(store, limit) == (0, 0)
+
+    async def test_expired_hold_counts_in_the_bucket_of_its_expiry(self, store, fake_clock):
+        """An expired rolling hold counts as spent from its expiry for a whole window, then leaves."""
+        align(fake_clock, self.BUCKET_S, 1)
+        limit = self.rolling("r")
+        assert (await store.reserve("a", 500, [limit], 15)).ok  # expires at 16 s past a bucket start
+        fake_clock.advance(20)
+        assert await usage_of(store, limit) == (500, 0)
+        fake_clock.advance(self.WINDOW_S - 10)  # 15 + window - 5: still within the window
+        assert await usage_of(store, limit) == (500, 0)
+        fake_clock.advance(self.BUCKET_S + 5)
+        assert await usage_of(store, limit) == (0, 0)
+
+    async def test_late_settle_corrects_the_expiry_bucket_and_never_undercounts(self, store, fake_clock):
+        """A late settle corrects the bucket where the expired hold was counted; once it left, nothing."""
+        align(fake_clock, self.BUCKET_S, 1)
+        limit = self.rolling("r")
+        await store.reserve("a", 500, [limit], 15)
+        await store.reserve("b", 500, [limit], 15)
+        fake_clock.advance(30)
+        assert await store.settle("a", 100)  # corrected where it was counted: 100 + 500
+        assert await usage_of(store, limit) == (600, 0)
+        fake_clock.advance(self.WINDOW_S)  # the expiry bucket left the window
+        assert await usage_of(store, limit) == (0, 0)
+        assert await store.release("b")
         assert await usage_of(store, limit) == (0, 0)
 
     async def test_reserved_amounts_are_not_bucketed(self, store, fake_clock):

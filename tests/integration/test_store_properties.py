@@ -4,9 +4,8 @@ The model is the spec in a few dozen lines. Limits ``a`` and ``b`` count spend f
 a rolling window (10 s in 5 buckets of 2 s: bucket j = now_ms // 2000 counts while
 now_ms < (j + 1) * 2000 + 10000). Checked after every step, on every store kind: results, the
 usages a reserve answers and usage equal the model's, reserved never goes below 0, and committed
-stays within the cap as long as every settle was for at most the reserved amount and arrived
-while its lease lived (a settle after expiry charges money the cap could no longer hold back,
-by design).
+stays within the cap as long as every settle was for at most the reserved amount, even when it
+arrives after its lease expired (an expired hold counts as spent until a late settle corrects it).
 """
 
 from __future__ import annotations
@@ -70,6 +69,7 @@ class Record:
     amount: int
     keys: tuple[str, ...]
     lease_until: float
+    lease_until_ms: int
 
 
 @dataclass
@@ -82,29 +82,37 @@ class Model:
     records: dict[str, Record] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     late_settles: bool = False
-    """A settle after its lease expired happened (or a commit, which checks no cap)."""
+    """A commit happened (it checks no cap)."""
 
     def now_ms(self) -> int:
         return int(self.clock.now * 1000)
 
+    def expired(self, key: str) -> list[tuple[int, int]]:
+        """(expiry in ms, amount) of unfinished holds whose lease ended: they count as spent."""
+        now = self.clock.now
+        return [
+            (r.lease_until_ms, r.amount) for r in self.records.values() if key in r.keys and r.lease_until <= now
+        ]
+
     def committed(self, key: str) -> int:
+        spends = self.spends[key] + self.expired(key)
         if key not in ROLLING:
-            return sum(amount for _, amount in self.spends[key])
+            return sum(amount for _, amount in spends)
         window_ms, bucket_ms = ROLLING[key]
         now = self.now_ms()
-        return sum(amount for t, amount in self.spends[key] if (t // bucket_ms + 1) * bucket_ms + window_ms > now)
+        return sum(amount for t, amount in spends if (t // bucket_ms + 1) * bucket_ms + window_ms > now)
 
     def reserved(self, key: str) -> int:
         now = self.clock.now
         return sum(r.amount for r in self.records.values() if key in r.keys and r.lease_until > now)
 
     def reserve(self, call_id: str, amount: int, keys: tuple[str, ...]) -> bool:
-        record = self.records.get(call_id)
-        if call_id in self.done or (record is not None and record.lease_until > self.clock.now):
-            return True
+        if call_id in self.done or call_id in self.records:
+            return False  # a collision: ids are unique
         if any(self.committed(k) + self.reserved(k) + amount > CAPS[k] for k in keys):
             return False
-        self.records[call_id] = Record(amount, keys, self.clock.now + LEASE_S)
+        until_ms = self.now_ms() + int(LEASE_S * 1000)
+        self.records[call_id] = Record(amount, keys, self.clock.now + LEASE_S, until_ms)
         return True
 
     def commit(self, amount: int, keys: tuple[str, ...]) -> None:
@@ -117,9 +125,11 @@ class Model:
         if record is None or call_id in self.done:
             return False
         self.done.add(call_id)
-        if actual is not None:
-            self.late_settles |= record.lease_until <= self.clock.now
-            for key in record.keys:
+        late = record.lease_until <= self.clock.now
+        for key in record.keys:
+            if late:  # corrected where the expired hold was counted
+                self.spends[key].append((record.lease_until_ms, actual or 0))
+            elif actual is not None:
                 self.spends[key].append((self.now_ms(), actual))
         return True
 
@@ -134,7 +144,9 @@ async def run(store: Store, clock: Clock, ops: list[tuple]) -> None:
                 limits = [limit(k) for k in keys]
                 result = await store.reserve(call_id, amount, limits, LEASE_S)
                 assert result.ok == model.reserve(call_id, amount, keys), op
-                if not result.ok:
+                if not result.ok and result.collision:
+                    assert result.denied is None and result.usages == ()
+                elif not result.ok:
                     assert result.denied is not None and result.denied_cap == CAPS[result.denied.key]
                     assert result.usages == ()
                 else:

@@ -76,33 +76,66 @@ local function drop_buckets(s, w, bl, now)
   end
 end
 
--- Make a limit's state current: drop it when its window has ended, else purge expired
--- leases (giving their amounts back); a rolling limit also drops old buckets, and the whole
--- limit once nothing is committed in its window nor held. w, bl: the caller's rolling window
--- (nil or 0 = use the stored one). Returns the rolling window in force (0, 0 when none).
+-- Count spend in a rolling limit's bucket j (and in c).
+local function add_to_bucket(s, j, amount)
+  redis.call('HINCRBY', s, 'b:' .. int(j), int(amount))
+  redis.call('HINCRBY', s, 'c', int(amount))
+  local lo = redis.call('HGET', s, 'lo')
+  if not lo or tonumber(lo) > j then
+    redis.call('HSET', s, 'lo', int(j))
+  end
+end
+
+-- Make a limit's state current: drop it when its window has ended, else turn expired leases
+-- into committed spend (the provider may have billed: a crash can only make a limit stricter);
+-- a rolling limit counts each in the bucket of its expiry and drops old buckets, and the whole
+-- limit once nothing is committed in its window nor held. An expired lease leaves a marker
+-- A['e:' .. call_id] = '<amount>:<bucket or -1>' so a late settle or release can correct it.
+-- w, bl: the caller's rolling window (nil or 0 = use the stored one). Returns the rolling
+-- window in force (0, 0 when none).
 local function refresh(s, l, a, now, w, bl)
   local x = tonumber(redis.call('HGET', s, 'x') or '0')
   if x > 0 and now >= x then
     redis.call('DEL', s, l, a)
     return 0, 0
   end
+  w, bl = rolling_of(s, w, bl)
+  local keep = 0
+  if w > 0 then
+    keep = math.floor((now - w) / bl)
+  end
   while true do
-    local expired = redis.call('ZRANGEBYSCORE', l, '-inf', now, 'LIMIT', 0, 500)
+    local expired = redis.call('ZRANGEBYSCORE', l, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 500)
     if #expired == 0 then
       break
     end
-    local amounts = redis.call('HMGET', a, unpack(expired))
-    local total = 0
-    for _, v in ipairs(amounts) do
-      if v then
-        total = total + tonumber(v)
-      end
+    local ids = {}
+    for i = 1, #expired, 2 do
+      ids[#ids + 1] = expired[i]
     end
-    redis.call('ZREM', l, unpack(expired))
-    redis.call('HDEL', a, unpack(expired))
+    local amounts = redis.call('HMGET', a, unpack(ids))
+    local total, spent = 0, 0
+    for i, id in ipairs(ids) do
+      local v = tonumber(amounts[i] or '0')
+      local j = -1
+      total = total + v
+      if w > 0 then
+        j = math.floor(tonumber(expired[2 * i]) / bl)
+        if j >= keep then
+          add_to_bucket(s, j, v)
+        end
+      else
+        spent = spent + v
+      end
+      redis.call('HSET', a, 'e:' .. id, int(v) .. ':' .. int(j))
+    end
+    redis.call('ZREM', l, unpack(ids))
+    redis.call('HDEL', a, unpack(ids))
     redis.call('HINCRBY', s, 'r', int(-total))
+    if spent ~= 0 then
+      redis.call('HINCRBY', s, 'c', int(spent))
+    end
   end
-  w, bl = rolling_of(s, w, bl)
   if w > 0 then
     drop_buckets(s, w, bl, now)
     local c, r = usage_of(s)
@@ -113,13 +146,45 @@ local function refresh(s, l, a, now, w, bl)
   return w, bl
 end
 
--- Give back call_id's lease on a limit, if it still holds one.
+-- Correct an expired lease of call_id (counted as spent) to the actual amount, where it was
+-- counted: a rolling limit's bucket while it is still in the window, never below zero.
+-- Returns true when call_id had an expired lease on this limit.
+local function correct_expired(s, a, call_id, actual, now, w, bl)
+  local marker = redis.call('HGET', a, 'e:' .. call_id)
+  if not marker then
+    return false
+  end
+  redis.call('HDEL', a, 'e:' .. call_id)
+  local sep = string.find(marker, ':', 1, true)
+  local amount, j = tonumber(string.sub(marker, 1, sep - 1)), tonumber(string.sub(marker, sep + 1))
+  local delta = actual - amount
+  if delta == 0 then
+    return true
+  end
+  if w > 0 and j >= 0 then
+    if j < math.floor((now - w) / bl) then
+      return true
+    end
+    local f = 'b:' .. int(j)
+    local before = tonumber(redis.call('HGET', s, f) or '0')
+    local after = math.max(0, before + delta)
+    add_to_bucket(s, j, after - before)
+  else
+    local c = tonumber(redis.call('HGET', s, 'c') or '0')
+    redis.call('HINCRBY', s, 'c', int(math.max(0, c + delta) - c))
+  end
+  return true
+end
+
+-- Give back call_id's lease on a limit, if it still holds one (true when it did).
 local function unhold(s, l, a, call_id)
   if redis.call('ZREM', l, call_id) == 1 then
     local amount = redis.call('HGET', a, call_id) or '0'
     redis.call('HDEL', a, call_id)
     redis.call('HINCRBY', s, 'r', int(-tonumber(amount)))
+    return true
   end
+  return false
 end
 
 -- Record a window end (ms, 0 = none) and let the keys expire with it.
@@ -153,15 +218,11 @@ local function add_committed(s, l, a, amount, x, now, w, bl)
   if x > 0 and now >= x then
     return
   end
-  redis.call('HINCRBY', s, 'c', amount)
   if w > 0 then
-    local j = math.floor(now / bl)
-    redis.call('HINCRBY', s, 'b:' .. int(j), amount)
-    local lo = redis.call('HGET', s, 'lo')
-    if not lo or tonumber(lo) > j then
-      redis.call('HSET', s, 'lo', int(j))
-    end
+    add_to_bucket(s, math.floor(now / bl), tonumber(amount))
     set_rolling(s, l, a, w, bl, 2 * w)
+  else
+    redis.call('HINCRBY', s, 'c', amount)
   end
   set_window(s, l, a, x, now)
 end

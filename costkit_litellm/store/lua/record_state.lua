@@ -1,12 +1,11 @@
--- Cluster mode, before reserving: is the call finished or holding a live lease?
--- KEYS: [record, done]. ARGV: now_ms|''.
--- Returns 2 (finished or live: do not hold again) or 0.
+-- Cluster mode, before reserving: claim the call id by writing its reservation record.
+-- KEYS: [record, done]. ARGV: now_ms|'', amount, lease_ms, record_ttl_ms, limits_spec.
+-- Returns 1 (claimed: the caller holds the limits next) or 3 (the id is already known).
 local now = now_ms(ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 2
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then
+  return 3
 end
-local held_until = redis.call('HGET', KEYS[1], 'lease_until')
-if held_until and tonumber(held_until) > now then
-  return 2
-end
-return 0
+redis.call('HSET', KEYS[1], 'amount', ARGV[2], 'lease_until', int(now + tonumber(ARGV[3])),
+  'limits', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1

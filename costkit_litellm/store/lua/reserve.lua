@@ -4,7 +4,7 @@
 --       then cap, window_end_ms (0 = none), rolling_window_ms, bucket_ms (0 = not rolling)
 --       per limit.
 -- Returns {1, committed, reserved, ...} held (usage of every limit after the hold),
---         {2, committed, reserved, ...} already held or finished (nothing changed),
+--         {3} the call id is already known (collision: nothing changed),
 --         {0, limit_index (1-based), committed, reserved} refused (nothing changed).
 local now = now_ms(ARGV[1])
 local with_record = ARGV[2] == '1'
@@ -42,40 +42,31 @@ for i = 0, n - 1 do
   local w, bl = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
   windows[i] = {w, bl}
 end
-if with_record then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    return usages(2)
-  end
-  local held_until = redis.call('HGET', KEYS[1], 'lease_until')
-  if held_until and tonumber(held_until) > now then
-    return usages(2)
-  end
+if with_record and (redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1) then
+  return {3}
 end
 for i = 0, n - 1 do
   local s, l = limit_keys(i)
-  if not redis.call('ZSCORE', l, call_id) then
-    local c, r = usage_of(s)
-    if c + r + amount > arg(i, 0) then
-      return {0, i + 1, int(c), int(r)}
-    end
+  if redis.call('ZSCORE', l, call_id) then
+    return {3}
+  end
+  local c, r = usage_of(s)
+  if c + r + amount > arg(i, 0) then
+    return {0, i + 1, int(c), int(r)}
   end
 end
-local status = 2
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
-  if not redis.call('ZSCORE', l, call_id) then
-    redis.call('ZADD', l, lease_until, call_id)
-    redis.call('HSET', a, call_id, ARGV[4])
-    redis.call('HINCRBY', s, 'r', ARGV[4])
-    status = 1
-  end
+  redis.call('ZADD', l, lease_until, call_id)
+  redis.call('HSET', a, call_id, ARGV[4])
+  redis.call('HINCRBY', s, 'r', ARGV[4])
   set_window(s, l, a, arg(i, 1), now)
   local w, bl = windows[i][1], windows[i][2]
-  set_rolling(s, l, a, w, bl, math.max(2 * w, lease_ms))
+  -- an expired lease is counted in the bucket of its expiry: keep the keys until it leaves
+  set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
 end
 if with_record then
   redis.call('HSET', KEYS[1], 'amount', ARGV[4], 'lease_until', int(lease_until), 'limits', ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  status = 1
 end
-return usages(status)
+return usages(1)
