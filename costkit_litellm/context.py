@@ -62,6 +62,8 @@ class RequestContext:
     """Everything the pipeline needs to know about one request, as small typed values."""
 
     call_id: str | None
+    """The pack's own request id (uuid4, assigned in the pre-call step): reservations, ledger
+    entries and cache entries use it. Never the client's."""
     model: str
     """The model the client asked for (a model group name, or the virtual model)."""
     api_key_hash: str | None = None
@@ -75,6 +77,8 @@ class RequestContext:
     """``key:value`` tags and plain client metadata keys (``feature`` -> ``email_writer``)."""
     session_id: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    client_call_id: str | None = None
+    """The client's ``litellm_call_id`` / ``x-litellm-call-id``: a label of the usage event only."""
     no_cache: bool = False
     """The client asked not to use the cache (``Cache-Control: no-cache``/``no-store``, header
     ``x-costkit-cache: off``, or metadata ``cache: false``)."""
@@ -116,6 +120,7 @@ class RequestContext:
             "attributes": dict(self.attributes),
             "session_id": self.session_id,
             "endpoint": self.endpoint,
+            "client_call_id": self.client_call_id,
         }
 
 
@@ -419,6 +424,7 @@ def from_json(raw: Mapping[str, Any], params: SamplingParams | None = None) -> R
         tags=tuple(raw.get("tags") or ()),
         attributes=MappingProxyType(dict(attributes) if isinstance(attributes, Mapping) else {}),
         session_id=raw.get("session_id"),
+        client_call_id=raw.get("client_call_id"),
         params=params or SamplingParams(),
         endpoint=str(raw.get("endpoint") or "chat"),
     )

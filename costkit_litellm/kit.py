@@ -374,6 +374,12 @@ class CostKit:
             admission.headers[HEADER_MAX_COST] = format_usd(final) if final is not None else "unknown"
         return admission
 
+    async def renew(self, request_id: str, admission: Admission) -> None:
+        """Push back the leases a live request holds (a long stream); never raises."""
+        budgets = next((s for s in self.stages if isinstance(s, BudgetStage)), None)
+        if budgets is not None:
+            await budgets.renew(request_id, admission)
+
     async def record(self, outcome: Outcome) -> None:
         """Run the post-call stages; never raises (a failure is logged)."""
         await self._ensure_started()

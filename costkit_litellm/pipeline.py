@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from costkit_litellm.context import RequestContext, from_json
+from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import Embedder, Vectors
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import Nano
@@ -42,7 +42,7 @@ class Admission:
     extra_limits: list[tuple[Limit, RefusalFor]] = field(default_factory=list)
     """Limits other stages want held with the budgets in the one all-or-nothing reservation."""
     state: dict[str, Any] = field(default_factory=dict)
-    """JSON-safe per-stage state carried to ``on_outcome`` (keyed by stage name)."""
+    """Per-stage state carried to ``on_outcome`` (keyed by stage name), kept server-side."""
     vectors: dict[str, Vectors] = field(default_factory=dict)
     """Embeddings computed for this request, by embedder name (one per request, shared by stages)."""
 
@@ -58,40 +58,6 @@ class Admission:
                 return None
             self.vectors[embedder.name] = (await embedder.embed([text]))[0]
         return self.vectors[embedder.name]
-
-    def stash(self) -> dict[str, Any]:
-        """JSON-safe state carried in the request's metadata to the post-call callbacks."""
-        return {
-            "context": self.context.to_json(),
-            "estimate_nano": self.estimate.amount,
-            "headers": dict(self.headers),
-            "state": dict(self.state),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Stash:
-    """What ``Admission.stash`` left in the request metadata, read back after the call."""
-
-    context: RequestContext
-    estimate_nano: int | None
-    headers: Mapping[str, str]
-    state: Mapping[str, Any]
-
-    @classmethod
-    def read(cls, raw: object) -> Stash | None:
-        """Parse a stash dict; None when absent or not ours."""
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("context"), Mapping):
-            return None
-        estimate = raw.get("estimate_nano")
-        headers = raw.get("headers")
-        state = raw.get("state")
-        return cls(
-            context=from_json(raw["context"]),
-            estimate_nano=estimate if isinstance(estimate, int) else None,
-            headers=dict(headers) if isinstance(headers, Mapping) else {},
-            state=dict(state) if isinstance(state, Mapping) else {},
-        )
 
 
 @dataclass(frozen=True, slots=True)

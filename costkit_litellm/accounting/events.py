@@ -47,6 +47,7 @@ _FIELDS = {
     "api_key_hash": "costkit.api_key_hash",
     "end_user": "costkit.end_user",
     "session": "session.id",
+    "client_call_id": "litellm.call_id",
     "latency_s": "costkit.latency_s",
     "reason": "costkit.reason",
     "error": "error.type",
@@ -61,6 +62,7 @@ class UsageEvent:
     """What one request outcome cost, for whom, and why."""
 
     call_id: str
+    """The pack's own request id (the ledger entry id)."""
     outcome: str
     timestamp: float
     request_model: str
@@ -84,6 +86,8 @@ class UsageEvent:
     api_key_hash: str | None = None
     end_user: str | None = None
     session: str | None = None
+    client_call_id: str | None = None
+    """The client's ``x-litellm-call-id`` / ``litellm_call_id``: a label, never an identity."""
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     """Feature and other tag keys (``feature`` -> ``email_writer``)."""
     latency_s: float | None = None
@@ -118,6 +122,7 @@ class UsageEvent:
             api_key_hash=ctx.api_key_hash,
             end_user=ctx.end_user,
             session=ctx.session_id,
+            client_call_id=ctx.client_call_id,
             attributes=ctx.attributes,
             latency_s=outcome.latency_s,
             reason=outcome.reason,

@@ -102,6 +102,17 @@ class CostKitMetrics:
         self.breaks = Counter(
             "costkit_circuit_breaks", "Agent sessions stopped by the breaker.", ["reason"], registry=registry
         )
+        self.overrun = Counter(
+            "costkit_budget_overrun_usd",
+            "Spend committed above what was held for the request (the estimate missed), by budget.",
+            ["budget"],
+            registry=registry,
+        )
+        self.inflight_drops = Counter(
+            "costkit_inflight_dropped",
+            "Requests whose server-side state was dropped before any outcome arrived.",
+            registry=registry,
+        )
         self.store_errors = Counter(
             "costkit_store_errors",
             "Store operations that failed (handled by the outage policy).",
@@ -181,6 +192,14 @@ class CostKitMetrics:
     def tripped(self, reason: str) -> None:
         """A circuit-breaker trip."""
         self.breaks.labels(reason).inc()
+
+    def overran(self, budget: str, nano: int) -> None:
+        """A commit above the request's hold: ``nano`` more than held, on ``budget``."""
+        self.overrun.labels(budget).inc(nano / 1e9)
+
+    def inflight_dropped(self) -> None:
+        """A request's server-side state was dropped with no outcome."""
+        self.inflight_drops.inc()
 
     def store_error(self, operation: str) -> None:
         """A failed store operation."""

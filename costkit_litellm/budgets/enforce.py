@@ -107,7 +107,11 @@ class BudgetStage:
                 )
         limits = [a.to_limit() for a in applied] + [limit for limit, _ in admission.extra_limits]
         call_id = admission.context.call_id or ""
-        state: dict[str, Any] = {"limits": [_limit_json(x) for x in limits], "amount": amount}
+        state: dict[str, Any] = {
+            "limits": [_limit_json(x) for x in limits],
+            "amount": amount,
+            "budgets": [a.budget.name for a in applied],
+        }
         admission.state[STATE_KEY] = state
         try:
             result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s)
@@ -126,9 +130,27 @@ class BudgetStage:
             state["unreserved"] = True
             log.warning("costkit: admitting %s without a reservation (fail_open): %s", call_id, exc)
             return
+        if result.collision:  # ids are the pack's own uuid4s: never a client's doing
+            log.error("costkit: request id %s is already known to the store; refusing it", call_id)
+            raise RequestRejected(
+                "This request's id is already in use; nothing was held or charged. Retry the request.",
+                status=409,
+                error_type="budget_request_id_in_use",
+            )
         if not result.ok:
             raise self._refusal(result.denied, applied, admission, amount)
+        state["held"] = True
         self._report_remaining(admission, applied, result.usages)
+
+    async def renew(self, request_id: str, admission: Admission) -> None:
+        """Push back a live request's lease (a stream still running); a store error is only counted."""
+        state = admission.state.get(STATE_KEY)
+        if not isinstance(state, Mapping) or not state.get("held"):
+            return
+        try:
+            await self._store.renew(request_id, self.settings.lease_s)
+        except StoreError as exc:
+            self._store_failed("renew", exc)
 
     def _amount(self, admission: Admission, applied: Sequence[AppliedBudget]) -> int:
         endpoint = admission.estimate.unbounded
@@ -231,6 +253,7 @@ class BudgetStage:
         if outcome.kind == "success":
             cost = outcome.cost if outcome.cost is not None else int(state.get("amount", 0))
             operations.append(("commit", call_id, cost + escalated, limits))
+            self._check_overrun(call_id, state, cost + escalated)
         elif escalated:  # the cheap attempt of a cascade was paid even if the escalated call failed
             operations.append(("commit", call_id, escalated, limits))
         operations.append(("release", call_id, 0, limits))
@@ -251,6 +274,23 @@ class BudgetStage:
                 await self._alerter.check(applied)
             except StoreError as exc:
                 self._store_failed("alerts", exc)
+
+    def _check_overrun(self, call_id: str, state: Mapping[str, Any], spent: int) -> None:
+        """A commit above the hold is committed in full (budgets record true spend), counted and logged."""
+        held = int(state.get("amount", 0))
+        if not state.get("held") or spent <= held:
+            return
+        names = [str(name) for name in state.get("budgets", [])]
+        log.warning(
+            "costkit: request %s cost %s, more than the %s held (budgets: %s)",
+            call_id,
+            format_usd(spent),
+            format_usd(held),
+            ", ".join(names) or "-",
+        )
+        if self._metrics is not None:
+            for name in names:
+                self._metrics.overran(name, spent - held)
 
     async def _run(self, operation: _Operation) -> None:
         kind, call_id, amount, limits = operation

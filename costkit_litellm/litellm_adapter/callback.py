@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import litellm
@@ -20,6 +21,7 @@ from litellm.proxy._types import ProxyException
 from costkit_litellm.context import MetadataKey, RequestContext, from_logging_payload, from_request, request_metadata
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.failsafe import InternalError, failed_at
+from costkit_litellm.inflight import Admitted, InFlight
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.call_types import CHAT, CallType, metadata_key
 from costkit_litellm.litellm_adapter.call_types import call_type as _call_type
@@ -29,21 +31,22 @@ from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.estimates import Estimator, conversation
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter
 from costkit_litellm.money import Nano, format_usd
-from costkit_litellm.pipeline import Admission, Outcome, Stash
+from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.pricing import CostEstimate
 from costkit_litellm.routing.stage import STATE_KEY as ROUTING_STATE
 
 log = logging.getLogger(__name__)
 
 STASH_KEY = "costkit"
-RECORDED = "recorded"
-"""Stash state key: the outcome was already recorded before the call (a refusal or a policy's answer)."""
 SHUTTING_DOWN = RequestRejected(
     "This costkit replica is shutting down and admits no new requests; retry (another replica will answer).",
     status=503,
     error_type="costkit_shutting_down",
     headers={"Retry-After": "1"},
 )
+"""Request metadata key carrying the pack's request id (``{"id": ...}``) to the logging callbacks."""
+INFLIGHT_MARGIN_S = 60.0
+"""How long past the lease the server-side state of a request with no outcome is kept."""
 
 
 def _proxy_router() -> Any:
@@ -90,6 +93,24 @@ def _response_dict(response: Any) -> dict[str, Any] | None:
     return None
 
 
+def strip_client_state(data: Mapping[str, Any]) -> None:
+    """Drop any client-supplied ``costkit`` key from the request's metadata dicts (and the copies
+    LiteLLM keeps of the client's own metadata): only the pack writes it."""
+    for name in ("metadata", "litellm_metadata"):
+        metadata = data.get(name)
+        if not isinstance(metadata, dict):
+            continue
+        metadata.pop(STASH_KEY, None)
+        requester = metadata.get("requester_metadata")
+        if isinstance(requester, dict):
+            requester.pop(STASH_KEY, None)
+
+
+def _request_id(metadata: Mapping[str, Any]) -> object:
+    raw = metadata.get(STASH_KEY)
+    return raw.get("id") if isinstance(raw, Mapping) else None
+
+
 def _detail(payload: Mapping[str, Any], section: str, name: str) -> int:
     """A token count from the usage details LiteLLM keeps in the payload's metadata (0 when absent)."""
     usage = request_metadata(payload).get("usage_object")  # the logging payload's own "metadata"
@@ -118,29 +139,37 @@ class CostKitCallback(CustomLogger):
         self.kit = kit
         self._router = router or _proxy_router
         self.prices = LiteLLMPriceSource(self._router)
+        self.lease_s = kit.config.budget_settings.lease_s
+        metrics = kit.metrics
+        self.inflight = InFlight(
+            self.lease_s + INFLIGHT_MARGIN_S, on_drop=metrics.inflight_dropped if metrics is not None else None
+        )
         kit.set_price_source(self.prices)
         kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, self._router))
 
     # --- before the call ----------------------------------------------------------------
     async def admit(self, data: dict[str, Any], row: CallType = CHAT) -> Admission:
-        """Parse, estimate and run the pre-call stages for a request dict of call type ``row``; stash the result.
+        """Parse, estimate and run the pre-call stages for a request dict of call type ``row``; keep the
+        result server-side.
 
-        A refusal or a policy's own answer is recorded here, once (its outcome is marked in the
-        stash so LiteLLM's failure or success callback for the same call does not count it again).
+        The request gets the pack's own id (uuid4); its state stays in ``self.inflight`` and only
+        the id travels in the metadata. A refusal or a policy's own answer is recorded here, once
+        (its entry is marked so LiteLLM's failure or success callback for the call skips it).
         """
         key = metadata_key(data, row)
-        client = data.get("metadata")
-        if key == "litellm_metadata" and isinstance(client, dict):
-            client.pop(STASH_KEY, None)  # the client's own dict on this route: never the pack's state
+        strip_client_state(data)
+        request_id = uuid.uuid4().hex
+        client_call_id = data.get("litellm_call_id")
         try:
             context = from_request(data, self.kit.config.request, key, row.endpoint)
         except RequestRejected as exc:
             fallback = from_logging_payload(
-                {"litellm_call_id": data.get("litellm_call_id"), "model_group": data.get("model")},
-                endpoint=row.endpoint,
+                {"litellm_call_id": client_call_id, "model_group": data.get("model")}, endpoint=row.endpoint
             )
+            fallback = replace(fallback, call_id=request_id, client_call_id=fallback.call_id)
             await self._record_stop(data, fallback, "rejected", exc.error_type, 0)
             raise
+        context = replace(context, call_id=request_id, client_call_id=context.call_id)
         deployment = self.prices.deployment_model(context.model)
         estimate = Estimator(self.kit.pricing, self.prices).worst_case(row, data, context.model, deployment)
         tokens = estimate.prompt_tokens
@@ -158,8 +187,10 @@ class CostKitCallback(CustomLogger):
         if inject is not None and row.output_cap is not None and context.params.max_tokens is None:
             data[row.output_cap] = inject  # the hold is a bound only if the provider stops there
         if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
-            await Cascade(self.kit, self._cheap_call(), {"state": {RECORDED: "cascade"}}).run(data, admission)
-        self._stash(data, admission)
+            cheap_id = uuid.uuid4().hex
+            self.inflight.add(cheap_id, Admitted(admission, recorded="cascade"))
+            await Cascade(self.kit, self._cheap_call(), {"id": cheap_id}).run(data, admission)
+        self._stash(data, Admitted(admission))
         return admission
 
     def _cheap_call(self) -> Callable[..., Awaitable[Any]]:
@@ -180,11 +211,10 @@ class CostKitCallback(CustomLogger):
         answer: RequestAnswered | None = None,
     ) -> None:
         stopped = Admission(context=context, estimate=CostEstimate(Nano(0), tokens, 0, None))
-        stopped.state[RECORDED] = kind
         cache_hit = answer is not None and answer.cache_hit
         if answer is not None:
             stopped.headers.update(answer.headers)
-        self._stash(data, stopped)
+        self._stash(data, Admitted(stopped, recorded=kind))
         saved = answer.saved_nano if answer is not None else None
         await self.kit.record(
             Outcome(
@@ -202,18 +232,23 @@ class CostKitCallback(CustomLogger):
             )
         )
 
-    def _stash(self, data: dict[str, Any], admission: Admission) -> None:
+    def _stash(self, data: dict[str, Any], entry: Admitted) -> None:
+        request_id = entry.admission.context.call_id or uuid.uuid4().hex
+        self.inflight.add(request_id, entry)
         key: MetadataKey = metadata_key(data, CHAT)  # the proxy's own dict on this route, never the client's
         metadata = data.get(key)
         if metadata is None:
             metadata = data[key] = {}
         if isinstance(metadata, dict):  # a client's malformed non-dict metadata is left as it is
-            metadata[STASH_KEY] = {**admission.stash(), "owner": self.instance_id}
+            metadata[STASH_KEY] = {"id": request_id}
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
-        """Proxy hook: admit the request or refuse it with an OpenAI-shaped HTTP error."""
+        """Proxy hook: admit the request or refuse it with an OpenAI-shaped HTTP error.
+
+        Every route first loses any client-written ``costkit`` metadata (only the pack writes it)."""
+        strip_client_state(data)
         row = _call_type(call_type)
         if not self.kit.config.enabled or not row.billable:
             return data
@@ -250,10 +285,10 @@ class CostKitCallback(CustomLogger):
     # --- response headers ---------------------------------------------------------------
     def headers_for(self, data: Mapping[str, Any], response: Any) -> dict[str, str]:
         """The ``x-costkit-*`` headers for a finished request."""
-        stash = Stash.read(request_metadata(data, metadata_key(data, CHAT)).get(STASH_KEY))
-        if stash is None:
+        entry = self.inflight.get(_request_id(request_metadata(data, metadata_key(data, CHAT))))
+        if entry is None:
             return {}
-        headers = dict(stash.headers)
+        headers = dict(entry.admission.headers)
         if response is None:
             headers[HEADER_COST] = format_usd(0)
         elif hasattr(response, "__aiter__") or data.get("stream") is True:
@@ -281,6 +316,23 @@ class CostKitCallback(CustomLogger):
             log.exception("costkit: could not build the x-costkit-* headers")
             return None
 
+    # --- during a stream ----------------------------------------------------------------
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Proxy hook over a stream's chunks: renew the request's leases while it streams (at most
+        every ``lease_s / 3``), so a live stream's hold never expires into spent money early."""
+        request_id = _request_id(request_metadata(request_data))
+        async for chunk in response:
+            entry = self.inflight.get(request_id)
+            if entry is not None and isinstance(request_id, str) and self.kit.config.enabled:
+                now = time.monotonic()
+                if now - entry.renewed_at >= self.lease_s / 3:
+                    entry.renewed_at = now
+                    self.inflight.touch(request_id)
+                    await self.kit.renew(request_id, entry.admission)
+            yield chunk
+
     # --- after the call -----------------------------------------------------------------
     def outcome(
         self, kind: str, kwargs: Mapping[str, Any], start_time: Any, end_time: Any, response_obj: Any = None
@@ -292,17 +344,17 @@ class CostKitCallback(CustomLogger):
         params = kwargs.get("litellm_params")
         row = _call_type(kwargs.get("call_type") or payload.get("call_type"))
         raw = _stash_of(params) if isinstance(params, Mapping) else None
-        if isinstance(raw, Mapping) and raw.get("owner") not in (None, self.instance_id):
-            return None  # admitted by another kit in this process: that kit records it
-        state = raw.get("state") if isinstance(raw, Mapping) else None
-        if isinstance(state, Mapping) and state.get(RECORDED):
+        entry = self.inflight.take(raw.get("id") if isinstance(raw, Mapping) else None, final=kind == "success")
+        if entry is not None and entry.recorded:
             return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
-        stash = Stash.read(raw)
-        context = (
-            stash.context
-            if stash is not None
-            else from_logging_payload(payload, self.kit.config.request, endpoint=row.endpoint)
-        )
+        admission = entry.admission if entry is not None else None
+        if admission is None:
+            # Not admitted by this kit (a route the hook skips, another kit's call, a forged or
+            # repeated id): identity from the authenticated payload, a fresh id, no budget state.
+            context = from_logging_payload(payload, self.kit.config.request, endpoint=row.endpoint)
+            context = replace(context, call_id=uuid.uuid4().hex, client_call_id=context.call_id)
+        else:
+            context = admission.context
         cost = cost_nano(payload.get("response_cost"))
         if kind == "failure" and cost is None:
             cost = Nano(0)
@@ -321,12 +373,14 @@ class CostKitCallback(CustomLogger):
             completion_tokens=int(payload.get("completion_tokens") or 0),
             cached_tokens=_detail(payload, "prompt_tokens_details", "cached_tokens"),
             reasoning_tokens=_detail(payload, "completion_tokens_details", "reasoning_tokens"),
-            estimate=Nano(stash.estimate_nano) if stash and stash.estimate_nano is not None else None,
+            estimate=Nano(admission.estimate.amount)
+            if admission is not None and admission.estimate.amount is not None
+            else None,
             cache_hit=bool(payload.get("cache_hit")),
             error=str(payload.get("error_str") or "") or None,
             latency_s=latency,
             timestamp=time.time(),
-            state=stash.state if stash else {},
+            state=admission.state if admission is not None else {},
             response=_response_dict(response_obj) if kind == "success" else None,
         )
 

@@ -232,7 +232,11 @@ class TestState:
         try:
             deadline = time.monotonic() + 15
             while True:
-                entries = {e.entry_id: e for e in await store.ledger_read()}
+                # Entry ids are the pack's own request ids; the client's call id is a label field.
+                entries = {
+                    f"{e.fields.get('litellm.call_id')}:{e.entry_id.rsplit(':', 1)[1]}": e
+                    for e in await store.ledger_read()
+                }
                 if all(f"{cid}:success" in entries for cid in wanted) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
