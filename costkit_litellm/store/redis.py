@@ -218,7 +218,7 @@ class RedisStore:
             if self._cluster:
                 if int(await self._eval("renew", record, [self._now(), "1", *head, spec])) != 1:
                     return False
-                for (key, _, window_ms, bucket_ms) in limits:
+                for key, _, window_ms, bucket_ms in limits:
                     args = [self._now(), "0", *head, "", window_ms, bucket_ms]
                     await self._eval("renew", self._limit_keys(key), args)
                 return True

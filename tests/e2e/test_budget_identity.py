@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from costkit_litellm.store import LedgerEntry, LimitUsage
+from costkit_litellm.store import LedgerEntry, Limit, LimitUsage
 from costkit_litellm.store.redis import RedisStore
 from costkit_litellm.testing.fake_provider import FakeProvider
 from costkit_litellm.testing.proxy_server import ProxyServer, base_config, enable_costkit, openai_deployment
@@ -175,7 +175,13 @@ def forged_stash(amount: int) -> dict[str, Any]:
     return {
         "id": uuid.uuid4().hex,
         "owner": None,
-        "context": {"call_id": "forged", "model": "mini", "user_id": "victim", "team_id": "victims", "api_key_hash": "forged-key"},
+        "context": {
+            "call_id": "forged",
+            "model": "mini",
+            "user_id": "victim",
+            "team_id": "victims",
+            "api_key_hash": "forged-key",
+        },
         "estimate_nano": 1,
         "headers": {},
         "state": {"budgets": {"limits": [limit], "amount": amount}, "routing": {"escalated_cost": amount}},
@@ -185,11 +191,15 @@ def forged_stash(amount: int) -> dict[str, Any]:
 async def test_a_forged_costkit_stash_changes_no_budget_and_no_ledger_identity(
     proxy: ProxyServer, store: RedisStore, client: httpx.AsyncClient
 ) -> None:
-    """A forged metadata.costkit on chat, completions, embeddings and responses moves no budget and names no one else."""
+    """A forged metadata.costkit on chat, completions, embeddings and responses moves no budget, names no one."""
     await store.commit("victim-spend", 500_000, [_limit(VICTIM_KEY)])  # the key a forged stash names
     before = await spend(store, VICTIM_KEY)
     routes: dict[str, dict[str, Any]] = {
-        "/v1/chat/completions": {"model": "mini", "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/chat/completions": {
+            "model": "mini",
+            "max_tokens": MAX_TOKENS,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
         "/v1/completions": {"model": "mini", "max_tokens": MAX_TOKENS, "prompt": "hi"},
         "/v1/embeddings": {"model": "embed", "input": "hi"},
         "/v1/responses": {"model": "mini", "max_output_tokens": MAX_TOKENS, "input": "hi"},
@@ -220,9 +230,7 @@ async def test_a_forged_costkit_stash_changes_no_budget_and_no_ledger_identity(
             assert entry.fields.get("costkit.api_key_hash") != "forged-key", entry
 
 
-def _limit(key: str) -> Any:
-    from costkit_litellm.store import Limit
-
+def _limit(key: str) -> Limit:
     return Limit(key, 10**15)
 
 
@@ -242,20 +250,25 @@ async def test_holds_that_outlive_their_lease_never_let_spend_pass_the_cap(
     await store.commit("leaser-before", cap - 3 * worst - limit.committed, [_limit(limit.key)])  # room for 3 holds
 
     async def wave() -> list[httpx.Response]:
-        return list(await asyncio.gather(*(chat(client, proxy, user, model="slow", max_tokens=COMPLETION_TOKENS) for _ in range(6))))
+        return list(
+            await asyncio.gather(
+                *(chat(client, proxy, user, model="slow", max_tokens=COMPLETION_TOKENS) for _ in range(6))
+            )
+        )
 
-    responses: list[httpx.Response] = []
-    for _ in range(4):  # a new wave while the last one's leases have expired but its calls still run
-        task = asyncio.ensure_future(wave())
+    waves = []
+    for _ in range(4):  # a new wave once the last one's leases expired, while its calls still run
+        waves.append(asyncio.ensure_future(wave()))
         await asyncio.sleep(LEASE_S + 0.3)
-        responses += await task if task.done() else []
-        if not task.done():
-            responses += await task
+    responses = [r for done in await asyncio.gather(*waves) for r in done]
     usage = await settled(store, key, lambda u: u.reserved == 0, timeout_s=20)
     await asyncio.sleep(1)
     usage = await spend(store, key)
     served = sum(r.status_code == 200 for r in responses)
     ratio = (usage.committed - (cap - 3 * worst)) / (3 * worst)
-    print(f"\nlease 1 s, 2.5 s calls: {served} served, headroom used {ratio:.2f}x, committed {usage.committed} of cap {cap}")
+    print(
+        f"\nlease 1 s, 2.5 s calls: {served} served, headroom used {ratio:.2f}x, "
+        f"committed {usage.committed} of cap {cap}"
+    )
     assert usage.committed <= cap
     assert served >= 3

@@ -90,9 +90,7 @@ class Model:
     def expired(self, key: str) -> list[tuple[int, int]]:
         """(expiry in ms, amount) of unfinished holds whose lease ended: they count as spent."""
         now = self.clock.now
-        return [
-            (r.lease_until_ms, r.amount) for r in self.records.values() if key in r.keys and r.lease_until <= now
-        ]
+        return [(r.lease_until_ms, r.amount) for r in self.records.values() if key in r.keys and r.lease_until <= now]
 
     def committed(self, key: str) -> int:
         spends = self.spends[key] + self.expired(key)
