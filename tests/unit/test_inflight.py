@@ -1,0 +1,59 @@
+"""The server-side per-request map: only ids the pack admitted are found, once, and it stays bounded."""
+
+from __future__ import annotations
+
+from costkit_litellm.context import RequestContext
+from costkit_litellm.inflight import Admitted, InFlight
+from costkit_litellm.money import Nano
+from costkit_litellm.pipeline import Admission
+from costkit_litellm.pricing import CostEstimate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry() -> Admitted:
+    return Admitted(Admission(RequestContext(call_id="r", model="m"), CostEstimate(Nano(1), 1, 1, None)))
+
+
+class TestInFlight:
+    def test_unknown_and_non_string_ids_find_nothing(self) -> None:
+        """A forged id, another kit's id or a non-string finds no state."""
+        inflight = InFlight(10, clock=Clock())
+        inflight.add("mine", entry())
+        assert inflight.get("forged") is None
+        assert inflight.get({"id": "mine"}) is None
+        assert inflight.take("forged", final=True) is None
+
+    def test_a_success_takes_the_entry_once_failures_may_repeat(self) -> None:
+        """A failure (a fallback attempt) leaves the entry for the success; a second success finds nothing."""
+        inflight = InFlight(10, clock=Clock())
+        inflight.add("r", entry())
+        assert inflight.take("r", final=False) is not None
+        assert inflight.take("r", final=True) is not None
+        assert inflight.take("r", final=True) is None
+        assert inflight.get("r") is not None  # still readable for the response headers
+
+    def test_entries_expire_and_drops_without_outcome_are_counted(self) -> None:
+        """An entry with no outcome is dropped after ttl_s and counted; one that saw an outcome is not counted."""
+        clock, drops = Clock(), []
+        inflight = InFlight(10, clock=clock, on_drop=lambda: drops.append(1))
+        inflight.add("lost", entry())
+        inflight.add("done", entry())
+        inflight.take("done", final=True)
+        clock.now += 11
+        assert inflight.get("lost") is None
+        inflight.add("new", entry())
+        assert len(inflight) == 1 and inflight.dropped == 1 and drops == [1]
+
+    def test_size_is_bounded(self) -> None:
+        """Past max_entries the oldest entries are dropped."""
+        inflight = InFlight(1000, clock=Clock(), max_entries=3)
+        for i in range(10):
+            inflight.add(str(i), entry())
+        assert len(inflight) == 3 and inflight.get("9") is not None and inflight.get("0") is None
