@@ -344,7 +344,12 @@ class CostKitCallback(CustomLogger):
         params = kwargs.get("litellm_params")
         row = _call_type(kwargs.get("call_type") or payload.get("call_type"))
         raw = _stash_of(params) if isinstance(params, Mapping) else None
-        entry = self.inflight.take(raw.get("id") if isinstance(raw, Mapping) else None, final=kind == "success")
+        request_id = raw.get("id") if isinstance(raw, Mapping) else None
+        entry = self.inflight.take(request_id, final=kind == "success")
+        if entry is None and request_id is not None:
+            # Another kit's request in this process (the proxy hook strips client-written ids on
+            # every route it sees), or a repeated success callback: nothing more to record.
+            return None
         if entry is not None and entry.recorded:
             return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
         admission = entry.admission if entry is not None else None
