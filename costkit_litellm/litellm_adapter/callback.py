@@ -49,6 +49,10 @@ INFLIGHT_MARGIN_S = 60.0
 """How long past the lease the server-side state of a request with no outcome is kept."""
 
 
+_ID_PREFIXES: set[str] = set()
+"""The request-id prefixes of every kit built in this process (two kits never record each other's calls)."""
+
+
 def _proxy_router() -> Any:
     """The proxy's router (a module global of LiteLLM's proxy server), None outside the proxy."""
     try:
@@ -136,6 +140,8 @@ class CostKitCallback(CustomLogger):
         # LiteLLM keeps one CustomLogger per class and public scalar attributes: a unique public
         # id keeps two kits in one process (or a re-installed one) from being dropped as duplicates.
         self.instance_id = uuid.uuid4().hex
+        self._id_prefix = self.instance_id[:12] + "-"
+        _ID_PREFIXES.add(self._id_prefix)
         self.kit = kit
         self._router = router or _proxy_router
         self.prices = LiteLLMPriceSource(self._router)
@@ -146,6 +152,14 @@ class CostKitCallback(CustomLogger):
         )
         kit.set_price_source(self.prices)
         kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, self._router))
+
+    def new_request_id(self) -> str:
+        """A fresh request id of this kit: its prefix names the kit, the rest is a uuid4 (unguessable)."""
+        return self._id_prefix + uuid.uuid4().hex
+
+    def _issued_by_a_kit(self, request_id: object) -> bool:
+        """True for an id this kit or another kit in this process could have issued (by its prefix)."""
+        return isinstance(request_id, str) and request_id[:13] in _ID_PREFIXES
 
     # --- before the call ----------------------------------------------------------------
     async def admit(self, data: dict[str, Any], row: CallType = CHAT) -> Admission:
@@ -158,7 +172,7 @@ class CostKitCallback(CustomLogger):
         """
         key = metadata_key(data, row)
         strip_client_state(data)
-        request_id = uuid.uuid4().hex
+        request_id = self.new_request_id()
         client_call_id = data.get("litellm_call_id")
         try:
             context = from_request(data, self.kit.config.request, key, row.endpoint)
@@ -187,7 +201,7 @@ class CostKitCallback(CustomLogger):
         if inject is not None and row.output_cap is not None and context.params.max_tokens is None:
             data[row.output_cap] = inject  # the hold is a bound only if the provider stops there
         if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
-            cheap_id = uuid.uuid4().hex
+            cheap_id = self.new_request_id()
             self.inflight.add(cheap_id, Admitted(admission, recorded="cascade"))
             await Cascade(self.kit, self._cheap_call(), {"id": cheap_id}).run(data, admission)
         self._stash(data, Admitted(admission))
@@ -233,7 +247,7 @@ class CostKitCallback(CustomLogger):
         )
 
     def _stash(self, data: dict[str, Any], entry: Admitted) -> None:
-        request_id = entry.admission.context.call_id or uuid.uuid4().hex
+        request_id = entry.admission.context.call_id or self.new_request_id()
         self.inflight.add(request_id, entry)
         key: MetadataKey = metadata_key(data, CHAT)  # the proxy's own dict on this route, never the client's
         metadata = data.get(key)
@@ -346,9 +360,10 @@ class CostKitCallback(CustomLogger):
         raw = _stash_of(params) if isinstance(params, Mapping) else None
         request_id = raw.get("id") if isinstance(raw, Mapping) else None
         entry = self.inflight.take(request_id, final=kind == "success")
-        if entry is None and request_id is not None:
-            # Another kit's request in this process (the proxy hook strips client-written ids on
-            # every route it sees), or a repeated success callback: nothing more to record.
+        if entry is None and self._issued_by_a_kit(request_id):
+            # Another kit's request in this process, or a repeated success callback of ours:
+            # nothing more to record. Any other id was written by a client on a route the hook
+            # did not see: it is accounted below as not admitted, never dropped.
             return None
         if entry is not None and entry.recorded:
             return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
