@@ -31,7 +31,7 @@ from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import Vectors
 from costkit_litellm.errors import CostKitError
 
-KEY_VERSION = "2"
+KEY_VERSION = "3"
 """Bumped when the key derivation changes: old entries then simply stop matching."""
 
 UNKEYED_PARAMS = frozenset(
@@ -172,8 +172,12 @@ def _last_user(messages: Sequence[Any]) -> tuple[int, str | None]:
 
 
 def context_hash(messages: Sequence[Any], last_user: int) -> str:
-    """The conversation with its last user message replaced by a marker, hashed."""
-    shown = [_LAST_USER if i == last_user else _clean(m) for i, m in enumerate(messages)]
+    """The conversation with its last user message's content replaced by a marker, hashed.
+
+    Every other field of that message (``name``, ...) stays in the context: the model sees it."""
+    shown = [_clean(m) for m in messages]
+    if 0 <= last_user < len(shown) and isinstance(shown[last_user], Mapping):
+        shown[last_user] = {**shown[last_user], "content": _LAST_USER}
     return _digest("context", _canonical(shown))
 
 

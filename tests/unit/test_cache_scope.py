@@ -208,6 +208,14 @@ class TestScopes:
         german = [{"role": "user", "content": "Translate to German: cat"}, {"role": "assistant", "content": "Katze"}]
         assert keys(request("And dog?", history=french)).scope != keys(request("And dog?", history=german)).scope
 
+    def test_fields_of_the_last_question_split_scopes(self) -> None:
+        """The last user message's other fields (``name``) are part of the scope: the model sees them."""
+        alice, bob = request(), request()
+        alice["messages"][-1]["name"] = "alice"
+        bob["messages"][-1]["name"] = "bob"
+        assert keys(alice).scope != keys(bob).scope
+        assert keys(alice).scope != keys(request()).scope
+
     def test_system_prompt_splits_scopes(self) -> None:
         """A different system prompt is a different scope."""
         a = request(history=[{"role": "system", "content": "Answer in English."}])
