@@ -59,6 +59,11 @@ class PricingConfig(Section):
     """Audio transcription is billed per second of audio, unknown before the call: the worst case
     assumes the upload holds at least this many bytes per second (1,000 = 8 kbit/s, below any
     speech codec in use), so a 1 MB file holds for about 1,000 seconds."""
+    image_input_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Input tokens held per image part of a request (``image_url``, ``input_image``, ``image``),
+    whatever its size or detail. Unset: LiteLLM's upper bound for a high-detail image (85 + 8 tiles
+    x 170 = 1,445 tokens, OpenAI's rule for gpt-4o). Models that bill images at a multiple of that
+    (gpt-4o-mini counts about 33x the tokens at a lower price) need a larger value here."""
     models: dict[str, ModelPricing] = Field(default_factory=dict)
     """Per-model overrides, keyed by model group name (as clients request it) or by the
     deployment's model (``openai/gpt-4o-mini``)."""

@@ -199,6 +199,11 @@ class Pricing:
         return self._config.transcription_bytes_per_second
 
     @property
+    def image_input_tokens(self) -> int | None:
+        """Input tokens held per image part (None: LiteLLM's high-detail upper bound)."""
+        return self._config.image_input_tokens
+
+    @property
     def default_max_output_tokens(self) -> int:
         """The output cap assumed (and injected) when a request sets none and the bound needs one."""
         return self._config.default_max_output_tokens

@@ -6,8 +6,9 @@ a ``CostEstimate``:
 - ``tokens`` (chat, text completions, Responses, Anthropic messages): input tokens over *every*
   billable field (messages with their tool calls, ``prompt``, ``input``, ``instructions``,
   ``system``, ``tools``, ``response_format`` / ``text``), by LiteLLM's tokenizer for the model and
-  never fewer than one token per 4 characters of the fields' JSON (images, in ``messages`` or a
-  Responses ``input``, by LiteLLM's rule at its default size, not by their base64); output at
+  never fewer than one token per 4 characters of the fields' JSON (each image part, wherever it
+  is, holds ``pricing.image_input_tokens``, by default LiteLLM's high-detail upper bound of 1,445
+  tokens, never its base64); audio and reasoning output at the dearest output price; output at
   the request's cap, else per ``pricing.output_bound``; ``n`` and ``best_of`` multiply the output;
   priced at the dearest deployment or fallback, at the requested ``service_tier``.
 - ``embedding`` (embeddings, moderation): input tokens, no output.
@@ -34,6 +35,7 @@ from typing import Any
 
 import litellm
 from litellm.cost_calculator import default_image_cost_calculator
+from litellm.litellm_core_utils.token_counter import high_detail_image_token_upper_bound
 
 from costkit_litellm.litellm_adapter.call_types import CallType
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
@@ -91,41 +93,44 @@ def _chars_bound(data: Mapping[str, Any], fields: Iterable[str]) -> int:
     )
 
 
-def _image_tokens(model: str) -> int:
-    """Tokens of one image by LiteLLM's rule (its default size, high detail)."""
-    part = {"type": "image_url", "image_url": {"url": "https://example.invalid/i.png", "detail": "high"}}
-    image = [{"role": "user", "content": [part]}]
+def image_tokens(configured: int | None = None) -> int:
+    """Input tokens held for one image: the configured allowance, else LiteLLM's upper bound for a
+    high-detail image at any size (OpenAI's rule: 85 + 170 per 512-px tile of the largest image)."""
+    if configured is not None:
+        return configured
     try:
-        return int(litellm.token_counter(model=model, messages=image, use_default_image_token_count=True))
+        return int(high_detail_image_token_upper_bound())
     except Exception:
-        return 1_105  # OpenAI's high-detail 1024x1024 for gpt-4o (85 + 6 tiles x 170)
+        return 1_445  # 85 + 8 tiles x 170: the same bound, should LiteLLM's helper move
 
 
 def _text_of(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
-def input_tokens(model: str | None, data: Mapping[str, Any]) -> int:
-    """Input tokens of every billable field of a request (see the module docstring)."""
+def input_tokens(model: str | None, data: Mapping[str, Any], image_allowance: int | None = None) -> int:
+    """Input tokens of every billable field of a request (see the module docstring); each image
+    part, wherever it is, holds ``image_tokens(image_allowance)``."""
     counted = 0
     name = model or "gpt-4o"
     messages = data.get("messages")
+    images = 0
     if isinstance(messages, list) and messages:
+        text_only, images = _without_images(messages)
         try:
-            counted += int(litellm.token_counter(model=name, messages=messages, use_default_image_token_count=True))
+            counted += int(litellm.token_counter(model=name, messages=text_only))
         except Exception:  # a message LiteLLM cannot read: the character floor below still counts it
             counted += 0
     others = [f for f in _TEXT_FIELDS if data.get(f) not in (None, "", [])]
-    images = 0
     if others:
         stripped = [_without_images(data[f]) for f in others]
-        images = sum(found for _, found in stripped)
+        images += sum(found for _, found in stripped)
         text = "\n".join(_text_of(value) for value, _ in stripped)
         try:
             counted += int(litellm.token_counter(model=name, text=text))
         except Exception:
             counted += 0
-    allowance = images * _image_tokens(name) if images else 0
+    allowance = images * image_tokens(image_allowance) if images else 0
     return max(counted, _chars_bound(data, ("messages", *_TEXT_FIELDS))) + allowance
 
 
@@ -192,7 +197,11 @@ class Estimator:
 
     def _tokens(self, row: CallType, data: Mapping[str, Any], group: str, deployment: str | None) -> CostEstimate:
         output = row.bound == "tokens"
-        prompt = input_tokens(deployment or group, data) if output else _embedding_tokens(deployment or group, data)
+        prompt = (
+            input_tokens(deployment or group, data, self.pricing.image_input_tokens)
+            if output
+            else _embedding_tokens(deployment or group, data)
+        )
         params_n = max(_positive_int(data.get("n")), _positive_int(data.get("best_of")))
         caps = [data.get(k) for k in ("max_completion_tokens", "max_output_tokens", "max_tokens")]
         valid = [c for c in caps if isinstance(c, int) and not isinstance(c, bool) and c > 0]

@@ -30,8 +30,10 @@ def _price_from_info(info: Mapping[str, Any]) -> ModelPrice | None:
     if inp is None and out is None:
         return None
     inp, out = inp or 0.0, out or 0.0
-    reasoning = _number(info.get("output_cost_per_reasoning_token"))
-    out = max(out, reasoning or 0.0)
+    # Reasoning and audio output tokens are output too, billed at their own (dearer) prices: the
+    # worst case prices every output token at the dearest of them.
+    for kind in ("output_cost_per_reasoning_token", "output_cost_per_audio_token"):
+        out = max(out, _number(info.get(kind)) or 0.0)
     tiers: dict[str, tuple[float, float]] = {}
     for tier in SERVICE_TIERS:
         tier_in = _number(info.get(get_service_tier_cost_key("input_cost_per_token", tier)))
