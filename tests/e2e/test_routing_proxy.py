@@ -85,7 +85,7 @@ async def ledger(redis_url: str, call_id: str) -> dict[str, dict[str, str]]:
             found = {
                 e.entry_id.rsplit(":", 1)[1]: dict(e.fields)
                 for e in await store.ledger_read()
-                if e.entry_id.startswith(call_id)
+                if e.fields.get("litellm.call_id") == call_id  # the client's id labels the pack's own
             }
             if "success" in found or time.monotonic() > deadline:
                 return found
