@@ -91,7 +91,15 @@ class BudgetSettings(Section):
     unbounded_reserve_usd: PositiveUsd = Decimal("1")
     """What ``unbounded_calls: reserve`` holds per call."""
     on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
-    """Redis unreachable: ``fail_open`` admits and reconciles spend when Redis is back; ``fail_closed`` answers 503."""
+    """Redis unreachable: ``fail_open`` admits within the outage allowance (``outage_headroom_share``) and
+    reconciles spend when Redis is back; ``fail_closed`` answers 503."""
+    outage_headroom_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """With ``fail_open``: the share of each limit's remaining headroom (cap - committed - reserved, as
+    this replica last saw it from the store) that one replica may spend while the store is unreachable;
+    worst cases are held in process against it, and past it the replica answers 503
+    ``budget_store_unavailable`` like ``fail_closed``. A limit the replica never saw before the outage
+    (a new user, a new window) gets no allowance. With N replicas the outage can spend at most
+    N x share of the headroom; 0 makes fail_open behave as fail_closed for budgeted requests."""
     runtime_refresh_s: Annotated[float, Field(ge=0)] = 5.0
     """How often each replica re-reads caps set at runtime with ``costkit budgets set``."""
     max_remaining_series: Annotated[int, Field(ge=1)] = 100

@@ -7,8 +7,11 @@ refusal is a 429 naming the budget and nothing is held anywhere. After the call,
 or replayed callbacks never charge twice; for a moment the spend counts twice, which can only
 refuse, never overspend); a failure releases the hold.
 
-Store outage: ``fail_closed`` answers 503; ``fail_open`` admits, and the post-call work that could
-not reach the store waits in a local queue that is replayed, in order, once the store answers.
+Store outage: ``fail_closed`` answers 503; ``fail_open`` admits within an outage allowance (each
+limit's ``outage_headroom_share`` of the headroom this replica last saw from the store, worst cases
+held in process; see ``outage.py``) and past it answers 503 like ``fail_closed``. The post-call work
+that could not reach the store waits in a local queue that is replayed, in order, once the store
+answers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
+from costkit_litellm.budgets.outage import OutageAllowance
 from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy, parse_runtime_limits
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd, usd_to_nano
@@ -73,6 +77,7 @@ class BudgetStage:
         self._runtime_read_at = float("-inf")
         self._pending: deque[_Operation] = deque()
         self._flushing = asyncio.Lock()
+        self._outage = OutageAllowance(self.settings.outage_headroom_share)
 
     # --- before the call ----------------------------------------------------------------
     async def runtime_limits(self) -> Mapping[str, int]:
@@ -113,6 +118,7 @@ class BudgetStage:
             "budgets": [a.budget.name for a in applied],
         }
         admission.state[STATE_KEY] = state
+        epoch, clean = self._outage.epoch, not self._pending
         try:
             result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s)
         except StoreError as exc:
@@ -127,8 +133,10 @@ class BudgetStage:
                     error_type="budget_store_unavailable",
                     headers={"Retry-After": "5"},
                 ) from None
+            self._admit_in_outage(call_id, amount, limits, applied, admission)
             state["unreserved"] = True
-            log.warning("costkit: admitting %s without a reservation (fail_open): %s", call_id, exc)
+            state["outage_hold"] = True
+            log.warning("costkit: admitting %s against the outage allowance (fail_open): %s", call_id, exc)
             return
         if result.collision:  # ids are the pack's own uuid4s: never a client's doing
             log.error("costkit: request id %s is already known to the store; refusing it", call_id)
@@ -138,9 +146,47 @@ class BudgetStage:
                 error_type="budget_request_id_in_use",
             )
         if not result.ok:
+            if result.denied is not None:
+                self._outage.observe(limits, [result.denied], reset_spent=False)
             raise self._refusal(result.denied, applied, admission, amount)
+        self._outage.observe(
+            limits, result.usages, reset_spent=clean and epoch == self._outage.epoch and not self._pending
+        )
         state["held"] = True
         self._report_remaining(admission, applied, result.usages)
+
+    def _admit_in_outage(
+        self,
+        call_id: str,
+        amount: int,
+        limits: Sequence[Limit],
+        applied: Sequence[AppliedBudget],
+        admission: Admission,
+    ) -> None:
+        """Hold ``amount`` against this replica's outage allowance, or refuse like fail_closed."""
+        exhausted = self._outage.exhausted(amount, limits)
+        if not exhausted:
+            self._outage.hold(call_id, amount, limits)
+            return
+        names = {a.key: a.budget.name for a in applied}
+        labels = [repr(names[key]) if key in names else f"limit {key!r}" for key in exhausted]
+        first = exhausted[0]
+        self._count_rejection(names.get(first, "*"), "outage_allowance")
+        never_seen = self._outage.allowance(first) is None
+        why = (
+            "this replica has not read it from the store before the outage, so it has no outage allowance"
+            if never_seen
+            else "this replica's outage allowance for it is used up (budget_settings.outage_headroom_share "
+            f"= {self.settings.outage_headroom_share:g} of the headroom last seen)"
+        )
+        raise RequestRejected(
+            f"Budgets cannot be enforced right now: {self._store_label} does not answer, and for "
+            f"{', '.join(labels)} {why}; costkit refuses further requests until the store answers "
+            "(budget_settings.on_store_error: fail_open). Retry shortly.",
+            status=503,
+            error_type="budget_store_unavailable",
+            headers={"Retry-After": "5"},
+        )
 
     async def renew(self, request_id: str, admission: Admission) -> None:
         """Push back a live request's lease (a stream still running); a store error is only counted."""
@@ -257,8 +303,10 @@ class BudgetStage:
         elif escalated:  # the cheap attempt of a cascade was paid even if the escalated call failed
             operations.append(("commit", call_id, escalated, limits))
         operations.append(("release", call_id, 0, limits))
+        spent = sum(op[2] for op in operations)
         if self._pending:  # the store was down: keep the order of the queue
             self._pending.extend(operations)
+            self._outage.settle(call_id, spent, recorded=False)
             await self._flush_pending()
             return
         for index, operation in enumerate(operations):
@@ -267,7 +315,9 @@ class BudgetStage:
             except StoreError as exc:
                 self._store_failed(operation[0], exc)
                 self._pending.extend(operations[index:])
+                self._outage.settle(call_id, spent, recorded=False)
                 return
+        self._outage.settle(call_id, spent, recorded=True)
         if outcome.kind == "success":
             applied = self.policy.applicable(outcome.context, self._runtime)
             try:

@@ -353,11 +353,10 @@ class FlakyStore(MemoryStore):
         return await super().map_get_all(*args, **kwargs)
 
 
-def flaky_kit(policy: str) -> tuple[CostKit, FlakyStore]:
+def flaky_kit(policy: str, share: float = 0.5) -> tuple[CostKit, FlakyStore]:
     store = FlakyStore()
-    config = parse_config(
-        {"budgets": [USER_DAILY], "budget_settings": {"on_store_error": policy, "runtime_refresh_s": 0}}
-    )
+    settings = {"on_store_error": policy, "runtime_refresh_s": 0, "outage_headroom_share": share}
+    config = parse_config({"budgets": [USER_DAILY], "budget_settings": settings})
     return CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry()), store
 
 
@@ -385,6 +384,75 @@ class TestOutage:
         store.down = False
         await admit(kit, request(user="u2"))  # the next request replays the queue
         assert await spent(kit, before) == (30_000, 0)
+
+
+class TestOutageAllowance:
+    """fail_open is bounded: share x the headroom last seen, per limit, per replica (worst case 200,000 n$)."""
+
+    async def test_admits_up_to_the_share_of_headroom_then_503(self) -> None:
+        """During an outage a replica admits worst cases up to share x last-seen headroom, then answers 503."""
+        kit, store = flaky_kit("fail_open", share=0.5)
+        await admit(kit, request())  # headroom seen: 1,000,000 - 200,000 = 800,000 -> allowance 400,000
+        store.down = True
+        await admit(kit, request())
+        await admit(kit, request())
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request())
+        assert (info.value.status, info.value.error_type) == (503, "budget_store_unavailable")
+        assert "'user-daily'" in info.value.message and "used up" in info.value.message
+
+    async def test_default_share_is_a_tenth(self) -> None:
+        """With the default share (0.1 of 800,000 = 80,000) a 200,000 worst case is refused during an outage."""
+        store = FlakyStore()
+        config = parse_config({"budgets": [USER_DAILY], "budget_settings": {"runtime_refresh_s": 0}})
+        kit = CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry())
+        await admit(kit, request(max_tokens=10))  # worst case 110,000: headroom 890,000 -> 89,000
+        store.down = True
+        await admit(kit, request(max_tokens=80), 0)  # 80,000 fits
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request())
+        assert info.value.status == 503
+
+    async def test_limit_never_seen_gets_no_allowance(self) -> None:
+        """A limit this replica never read from the store before the outage is refused (503), not admitted."""
+        kit, store = flaky_kit("fail_open", share=1.0)
+        await admit(kit, request(user="u1"))
+        store.down = True
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, request(user="someone-new"))
+        assert info.value.status == 503 and "no outage allowance" in info.value.message
+
+    async def test_settled_cost_counts_and_a_failure_frees_its_hold(self) -> None:
+        """Outage spend counts at its actual cost once settled; a failed call frees its whole hold."""
+        kit, store = flaky_kit("fail_open", share=0.5)
+        await admit(kit, request())  # allowance 400,000
+        store.down = True
+        failed = await admit(kit, request())
+        await finish(kit, failed, None, kind="failure")  # frees 200,000
+        first = await admit(kit, request())
+        await finish(kit, first, 150_000)  # 150,000 spent, queued for replay
+        await admit(kit, request())  # 350,000 used
+        with pytest.raises(RequestRejected):
+            await admit(kit, request())  # 550,000 > 400,000
+
+    async def test_recovery_replays_exactly_and_refreshes_the_allowance(self) -> None:
+        """When the store answers, outage spend is replayed once and the allowance restarts from fresh headroom."""
+        kit, store = flaky_kit("fail_open", share=0.5)
+        seen = await admit(kit, request())
+        await finish(kit, seen, 100_000)  # committed 100,000
+        await admit(kit, request())  # headroom 700,000 (200,000 held) -> allowance 350,000
+        store.down = True
+        during = await admit(kit, request())
+        await finish(kit, during, 300_000)
+        with pytest.raises(RequestRejected):
+            await admit(kit, request())  # 300,000 + 200,000 > 350,000
+        store.down = False
+        after = await admit(kit, request())  # replays; headroom 1,000,000 - 400,000 - 400,000 = 200,000
+        assert await spent(kit, after) == (400_000, 400_000)
+        store.down = True
+        with pytest.raises(RequestRejected):
+            await admit(kit, request())  # 100,000 allowance < 200,000 worst case
+        await admit(kit, request(max_tokens=1), 99)  # worst case 100,000 fits
 
 
 class TestUnboundedCalls:
