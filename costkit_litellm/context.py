@@ -69,6 +69,10 @@ class RequestContext:
     api_key_hash: str | None = None
     api_key_alias: str | None = None
     user_id: str | None = None
+    """The key's user, unless the client sent ``metadata.user_id`` (which overrides it)."""
+    key_user_id: str | None = None
+    """The authenticated key's user only (LiteLLM's ``user_api_key_user_id``): what ``identity:
+    authenticated`` budgets on ``user`` use; a client cannot set it."""
     team_id: str | None = None
     end_user: str | None = None
     """OpenAI's ``user`` field: the application's end user."""
@@ -89,15 +93,20 @@ class RequestContext:
     """The request's top-level parameters as sent, read-only, ``messages`` aside (the cache keys on every
     one but a short allow-list); empty when rebuilt after the call."""
 
-    def scope_value(self, scope: str) -> str | None:
+    def scope_value(self, scope: str, identity: str = "any") -> str | None:
         """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,
-        ``tag:<key>``) for this request, or None when the request has none."""
+        ``tag:<key>``) for this request, or None when the request has none. With ``identity``
+        ``authenticated`` only what the key carries counts: ``user`` is the key's user, never the
+        client's ``metadata.user_id``, and the client-asserted ``end_user`` and tags have no value."""
+        authenticated = identity == "authenticated"
         if scope == "global":
             return "*"
         if scope == "api_key":
             return self.api_key_hash
         if scope == "user":
-            return self.user_id
+            return self.key_user_id if authenticated else self.user_id
+        if authenticated and (scope == "end_user" or scope.startswith("tag:")):
+            return None
         if scope == "team":
             return self.team_id
         if scope == "end_user":
@@ -114,6 +123,7 @@ class RequestContext:
             "api_key_hash": self.api_key_hash,
             "api_key_alias": self.api_key_alias,
             "user_id": self.user_id,
+            "key_user_id": self.key_user_id,
             "team_id": self.team_id,
             "end_user": self.end_user,
             "tags": list(self.tags),
@@ -310,6 +320,11 @@ def _user(reader: _Reader, client: Mapping[str, Any], key_user: Any) -> str | No
     declared = reader.text(client.get("user_id"), "metadata.user_id")
     if declared is not None:
         return declared
+    return _key_user(key_user)
+
+
+def _key_user(key_user: Any) -> str | None:
+    """The authenticated key's user id (LiteLLM's placeholder for keys without one is no user)."""
     if isinstance(key_user, str) and key_user not in _PLACEHOLDER_USERS:
         return key_user
     return None
@@ -356,6 +371,7 @@ def from_request(
         api_key_hash=reader.text(metadata.get("user_api_key_hash"), "api key hash"),
         api_key_alias=reader.text(metadata.get("user_api_key_alias"), "api key alias"),
         user_id=_user(reader, client, metadata.get("user_api_key_user_id")),
+        key_user_id=_key_user(metadata.get("user_api_key_user_id")),
         team_id=reader.text(metadata.get("user_api_key_team_id"), "team id"),
         end_user=end_user,
         tags=tags,
@@ -400,6 +416,7 @@ def from_logging_payload(
         api_key_hash=reader.text(metadata.get("user_api_key_hash"), "api key hash"),
         api_key_alias=reader.text(metadata.get("user_api_key_alias"), "api key alias"),
         user_id=_user(reader, client, metadata.get("user_api_key_user_id")),
+        key_user_id=_key_user(metadata.get("user_api_key_user_id")),
         team_id=reader.text(metadata.get("user_api_key_team_id"), "team id"),
         end_user=reader.text(payload.get("end_user"), "end_user"),
         tags=tags,
@@ -419,6 +436,7 @@ def from_json(raw: Mapping[str, Any], params: SamplingParams | None = None) -> R
         api_key_hash=raw.get("api_key_hash"),
         api_key_alias=raw.get("api_key_alias"),
         user_id=raw.get("user_id"),
+        key_user_id=raw.get("key_user_id"),
         team_id=raw.get("team_id"),
         end_user=raw.get("end_user"),
         tags=tuple(raw.get("tags") or ()),

@@ -26,6 +26,11 @@ class BudgetConfig(Section):
     scope: str
     """Whose spend is capped: ``global``, ``api_key``, ``user``, ``team``, ``end_user`` or ``tag:<key>``
     (e.g. ``tag:feature``). Each value of the scope (each user, each feature) has its own cap."""
+    identity: Literal["any", "authenticated"] = "any"
+    """Where the scope value may come from: ``any`` (the client's ``metadata.user_id`` overrides the
+    key's user) or ``authenticated`` (only the authenticated key: ``user`` is the key's user, never
+    ``metadata.user_id``). ``authenticated`` cannot be used with ``end_user`` or ``tag:`` scopes,
+    which are client-asserted; use it when each end user holds their own key."""
     values: tuple[str, ...] = ()
     """Apply only to these values of the scope (e.g. ``[email_writer]``); empty: every value."""
     limit_usd: PositiveUsd
@@ -67,6 +72,12 @@ class BudgetConfig(Section):
             raise ValueError("downgrade_to is only used with action: downgrade")
         if self.scope == "global" and (self.values or self.overrides):
             raise ValueError("a global budget has no scope values: drop values/overrides")
+        if self.identity == "authenticated" and (self.scope == "end_user" or self.scope.startswith("tag:")):
+            raise ValueError(
+                f"identity: authenticated cannot be used with scope {self.scope!r}: its value is asserted by "
+                "the client (OpenAI's user field, or request tags/metadata), not by the key; use scope "
+                "api_key, user or team, or identity: any"
+            )
         if self.alert_webhook and self.action != "alert":
             raise ValueError("alert_webhook is only used with action: alert")
         return self

@@ -104,7 +104,7 @@ class BudgetPolicy:
         now = self.now()
         found = []
         for budget in self.budgets:
-            value = context.scope_value(budget.scope)
+            value = context.scope_value(budget.scope, budget.identity)
             if value is None or (budget.values and value not in budget.values):
                 continue
             current = slot(budget.window, now, self.tz)

@@ -108,8 +108,26 @@ class TestConfig:
             ),
             ({**USER_DAILY, "action": "downgrade"}, "downgrade needs downgrade_to"),
             ({**USER_DAILY, "scope": "global", "overrides": {"x": 1}}, "a global budget has no scope values"),
+            (
+                {**USER_DAILY, "scope": "end_user", "identity": "authenticated"},
+                "identity: authenticated cannot be used with scope 'end_user'",
+            ),
+            (
+                {**USER_DAILY, "scope": "tag:feature", "identity": "authenticated"},
+                "identity: authenticated cannot be used with scope 'tag:feature'",
+            ),
+            ({**USER_DAILY, "identity": "trusted"}, "costkit.budgets[0] (user-daily).identity"),
         ],
-        ids=["negative-limit", "unknown-scope", "bad-window", "downgrade-without-target", "global-with-values"],
+        ids=[
+            "negative-limit",
+            "unknown-scope",
+            "bad-window",
+            "downgrade-without-target",
+            "global-with-values",
+            "authenticated-end-user",
+            "authenticated-tag",
+            "unknown-identity",
+        ],
     )
     def test_bad_budget_names_the_budget(self, budget: dict[str, Any], expected: str) -> None:
         """Each kind of bad budget fails at start-up naming the budget and the problem."""
@@ -122,6 +140,61 @@ class TestConfig:
         """Two budgets with one name are refused."""
         with pytest.raises(ConfigError, match="budget name 'user-daily' is used twice"):
             parse_config({"budgets": [USER_DAILY, USER_DAILY]})
+
+
+def kit_policy(kit: CostKit) -> Any:
+    """The budget policy of a kit's budgets stage."""
+    return kit.stages[0].policy  # type: ignore[attr-defined]
+
+
+class TestIdentity:
+    """identity: authenticated budgets on user count the key's user, never metadata.user_id."""
+
+    BUDGET = {**USER_DAILY, "identity": "authenticated"}
+
+    def test_authenticated_user_is_the_keys_user_not_the_declared_one(self) -> None:
+        """With identity: authenticated the user budget applies to the key's user even when metadata.user_id differs."""
+        kit, _, _ = make_kit([self.BUDGET])
+        context = RequestContext(call_id="c", model="small", user_id="someone-else", key_user_id="u-key")
+        [applied] = kit_policy(kit).applicable(context)
+        assert applied.value == "u-key"
+
+    def test_authenticated_user_budget_skips_requests_without_a_key_user(self) -> None:
+        """A declared metadata.user_id alone gives an authenticated user budget no value (the key has no user)."""
+        kit, _, _ = make_kit([self.BUDGET])
+        context = RequestContext(call_id="c", model="small", user_id="declared")
+        assert kit_policy(kit).applicable(context) == []
+
+    def test_any_keeps_the_declared_user(self) -> None:
+        """With the default identity: any, metadata.user_id still overrides the key's user."""
+        kit, _, _ = make_kit([USER_DAILY])
+        context = RequestContext(call_id="c", model="small", user_id="declared", key_user_id="u-key")
+        [applied] = kit_policy(kit).applicable(context)
+        assert applied.value == "declared"
+
+    async def test_rotating_metadata_user_id_cannot_escape_the_cap(self) -> None:
+        """A key holder sending a new metadata.user_id per request is still capped on the key's user."""
+        kit, _, _ = make_kit([self.BUDGET])
+        for n in range(5):  # 5 x 200,000 fills the 1,000,000 cap
+            context = RequestContext(
+                call_id=f"rot-{n}-{next(_calls)}",
+                model="small",
+                user_id=f"fake-{n}",
+                key_user_id="u-key",
+                params=SamplingParams(max_tokens=100),
+            )
+            await admit(kit, context)
+        context = RequestContext(
+            call_id=f"rot-x-{next(_calls)}",
+            model="small",
+            user_id="fake-x",
+            key_user_id="u-key",
+            params=SamplingParams(max_tokens=100),
+        )
+        with pytest.raises(RequestRejected) as info:
+            await admit(kit, context)
+        assert info.value.status == 429
+        await kit.close()
 
 
 class TestHardCap:

@@ -87,6 +87,15 @@ class TestIdentity:
         assert from_request(_data(user_id="123", user_api_key_user_id="u-key")).user_id == "123"
         assert from_request(_data(user_api_key_user_id="u-key")).user_id == "u-key"
 
+    def test_key_user_is_kept_apart_from_the_declared_user(self) -> None:
+        """key_user_id is the key's user only: metadata.user_id never sets it, and it survives to_json."""
+        context = from_request(_data(user_id="123", user_api_key_user_id="u-key"))
+        assert (context.user_id, context.key_user_id) == ("123", "u-key")
+        assert from_request(_data(user_id="123")).key_user_id is None
+        assert from_json(context.to_json()).key_user_id == "u-key"
+        assert context.scope_value("user", "authenticated") == "u-key"
+        assert context.scope_value("end_user", "authenticated") is None
+
     @pytest.mark.parametrize(
         ("scope", "expected"),
         [
