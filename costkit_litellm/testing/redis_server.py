@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib.util
 import platform
 import shutil
@@ -189,8 +190,25 @@ class RedisServer:
                 proc.kill()
             proc.wait()
 
+    def shutdown_saving(self) -> None:
+        """Stop the server as an operator would (``SHUTDOWN SAVE``): every write it acknowledged is
+        on disk in its temp dir, and the next ``restart()`` loads it."""
+        if not self.running:
+            return
+        resp = _Resp(self.port)
+        try:
+            with contextlib.suppress(ConnectionError, OSError):
+                resp.call("SHUTDOWN", "SAVE")
+        finally:
+            resp.close()
+        proc = self._proc
+        if proc is not None:
+            proc.wait(timeout=30)
+        self.stop_server()
+
     def restart(self) -> None:
-        """Stop (if running) and start again on the same port, with empty data."""
+        """Stop (if running) and start again on the same port, with empty data (or, after
+        ``shutdown_saving()``, the data saved then)."""
         self.stop_server()
         self.start()
 

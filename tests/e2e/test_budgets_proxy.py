@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from costkit_litellm.budgets.enforce import HEADER_REMAINING
 from costkit_litellm.store import LimitUsage
 from costkit_litellm.store.redis import RedisStore
 from costkit_litellm.testing.fake_provider import FakeProvider
@@ -575,10 +576,14 @@ async def test_redis_outage_fail_open_reconciles_once_and_fail_closed_answers_50
     fail_open's spend of the outage is in Redis exactly once."""
     open_proxy, closed_proxy = outage_proxies
     user, key = "outage", "budget:spend:total:outage:"
-    for proxy in outage_proxies:
-        response = await chat(client, proxy, user="before")
+    # fail_open's replica reads the user's budget before the outage, so it has an outage allowance.
+    for proxy, before in ((open_proxy, user), (closed_proxy, "before")):
+        response = await chat(client, proxy, user=before)
         assert response.status_code == 200, response.text
         assert "x-costkit-budget-remaining-usd" in response.headers
+    for policy, before in (("fail_open", user), ("fail_closed", "before")):  # settled before the stop
+        async with redis_store(outage_redis.url, outage_prefixes[policy]) as store:
+            await settled(store, f"budget:spend:total:{before}:")
 
     outage_redis.stop_server()
     try:
@@ -611,6 +616,98 @@ async def test_redis_outage_fail_open_reconciles_once_and_fail_closed_answers_50
     async with redis_store(outage_redis.url, outage_prefixes["fail_closed"]) as store:
         closed_spend = await settled(store, key)
         assert closed_spend == LimitUsage(key, nano(closed_again.headers["x-costkit-cost-usd"]), 0)
+
+
+BOUNDED_USER, BOUNDED_LIMIT, OUTAGE_SHARE = "bounded", 100 * MINI_COST, 0.1
+
+
+@pytest.fixture(scope="module")
+def bounded_prefix() -> str:
+    return unique("budgets-bounded")
+
+
+@pytest.fixture(scope="module")
+def bounded_proxy(
+    config_writer: Callable[[str, Mapping[str, Any]], Path],
+    outage_redis: RedisServer,
+    provider: FakeProvider,
+    bounded_prefix: str,
+) -> Iterator[ProxyServer]:
+    """A fail_open proxy on the outage Redis with a per-user total budget and the outage share."""
+    costkit = {
+        "redis_url": outage_redis.url,
+        "key_prefix": bounded_prefix,
+        "budget_settings": {"on_store_error": "fail_open", "outage_headroom_share": OUTAGE_SHARE},
+        "budgets": [{"name": "bounded", "scope": "user", "limit_usd": usd(BOUNDED_LIMIT), "window": "total"}],
+    }
+    config = proxy_config([openai_deployment("mini", provider.base_url)], costkit)
+    with running(ProxyServer(config_writer(unique("budgets-bounded"), config))) as (proxy,):
+        yield proxy
+
+
+async def test_redis_stopped_under_load_fail_open_spends_at_most_its_share_of_headroom(
+    bounded_proxy: ProxyServer,
+    outage_redis: RedisServer,
+    bounded_prefix: str,
+    client: httpx.AsyncClient,
+) -> None:
+    """Redis stopped mid-run under concurrent load: fail_open spends at most share x headroom, then 503s;
+    after recovery the committed spend is <= the limit and equals every answered request's cost."""
+    key = f"budget:bounded:total:{BOUNDED_USER}:"
+    async with redis_store(outage_redis.url, bounded_prefix) as store:
+        warm = [await chat(client, bounded_proxy, user=BOUNDED_USER) for _ in range(20)]
+        assert [r.status_code for r in warm] == [200] * 20, [r.text for r in warm]
+        before = await settled(store, key)
+    headroom = BOUNDED_LIMIT - before.committed  # the replica saw at most this much left
+    allowance = OUTAGE_SHARE * headroom
+
+    gate, answered, stopped = asyncio.Semaphore(10), [0], asyncio.Event()
+
+    async def one() -> httpx.Response:
+        async with gate:
+            response = await chat(client, bounded_proxy, user=BOUNDED_USER)
+        answered[0] += 1
+        if answered[0] == 10 and not stopped.is_set():  # mid-run: 10 answered, the rest still coming
+            stopped.set()
+            await asyncio.to_thread(outage_redis.shutdown_saving)
+        return response
+
+    try:
+        load = await asyncio.gather(*(one() for _ in range(80)))
+    finally:
+        outage_redis.restart()  # same port, the data saved at shutdown
+    statuses = {r.status_code for r in load}
+    assert statuses <= {200, 503}, {r.status_code: r.text for r in load}
+    during = [r for r in load if r.status_code == 200 and HEADER_REMAINING not in r.headers]
+    refused = [r for r in load if r.status_code == 503]
+    for response in refused:
+        message = openai_error(response, 503, "budget_store_unavailable")
+        assert "'bounded'" in message and "outage allowance for it is used up" in message
+    outage_spend = sum(nano(r.headers["x-costkit-cost-usd"]) for r in during)
+
+    after: list[httpx.Response] = []
+    for _ in range(2 * BOUNDED_LIMIT // MINI_COST):  # fill the budget until it refuses
+        response = await chat(client, bounded_proxy, user=BOUNDED_USER)
+        after.append(response)
+        if response.status_code == 429:
+            break
+        assert response.status_code == 200, response.text
+    assert after[-1].status_code == 429, "the budget never refused after recovery"
+    answered_all = [r for r in warm + load + after if r.status_code == 200]
+    expected = sum(nano(r.headers["x-costkit-cost-usd"]) for r in answered_all)
+    async with redis_store(outage_redis.url, bounded_prefix) as store:
+        final = await wait_for(store, key, lambda u: u.committed >= expected and u.reserved == 0)
+    print(
+        f"\noutage under load: {len(load)} requests, {len(load) - len(during) - len(refused)} reserved before "
+        f"the stop, {len(during)} admitted during the outage, {len(refused)} refused (503); outage spend "
+        f"{outage_spend} n$ of an allowance of {allowance:.0f} n$ ({OUTAGE_SHARE} x {headroom} n$ headroom); "
+        f"after recovery committed {final.committed} n$ of {BOUNDED_LIMIT} n$"
+    )
+    assert during, "no request was admitted during the outage: fail_open behaved as fail_closed"
+    assert refused, "no request was refused during the outage: fail_open was not bounded"
+    assert outage_spend <= allowance
+    assert final == LimitUsage(key, expected, 0)
+    assert final.committed <= BOUNDED_LIMIT
 
 
 # --- start-up -------------------------------------------------------------------------------
