@@ -695,6 +695,9 @@ async def test_redis_stopped_under_load_fail_open_spends_at_most_its_share_of_he
     assert after[-1].status_code == 429, "the budget never refused after recovery"
     answered_all = [r for r in warm + load + after if r.status_code == 200]
     expected = sum(nano(r.headers["x-costkit-cost-usd"]) for r in answered_all)
+    # One more request (another user) replays anything queued after the last one (the queue is
+    # replayed at the next request, not on a timer).
+    assert (await chat(client, bounded_proxy, user="bounded-later")).status_code == 200
     async with redis_store(outage_redis.url, bounded_prefix) as store:
         final = await wait_for(store, key, lambda u: u.committed >= expected and u.reserved == 0)
     print(
