@@ -201,7 +201,7 @@ async def test_soak_two_replicas_one_killed_spend_within_limit_and_ledger_equals
         f"sent {len(outcomes)}, answered {len(answered)}, refused {len(refused)}, other {len(other)}, "
         f"killed in flight {len(killed)}; committed {final.committed} n$, ledger sum {ledger_sum} n$, "
         f"billed (answered) {billed} n$, limit {LIMIT_NANO} n$; dead holds spent {final.committed - ledger_sum} n$ "
-        f"(bound {len(killed)} x {worst} n$)"
+        f"(bound {len(killed)} x {worst} n$); ledger entries {len(ledger)} for {len(answered)} answers"
     )
     assert not other, [(o.kind, o.status) for o in other[:5]]
     assert {o.kind for o in answered} == set(KINDS)  # every attack was admitted and answered
@@ -211,6 +211,17 @@ async def test_soak_two_replicas_one_killed_spend_within_limit_and_ledger_equals
     assert final.committed <= LIMIT_NANO
     for o in answered:  # each answer's cost header is what the provider billed for it
         assert nano(o.headers["x-costkit-cost-usd"]) == by_tag[o.tag], (o.kind, o.tag)
-    assert len(ledger) == len(answered)
-    assert ledger_sum == billed
-    assert ledger_sum < final.committed <= ledger_sum + len(killed) * worst  # the dead replica's holds are spent
+    # A SIGKILL can land after the victim answered a request but before its success callback wrote
+    # the ledger: that call's hold then expired into spend. Only the victim may miss entries, each
+    # at most one answer's cost; the survivor's answers are all in the ledger.
+    # (Or the other way round: it wrote the entry of a call whose answer never reached the client.)
+    missing = len(answered) - len(ledger)
+    victim_answers = [o for o in answered if o.replica == 0]
+    assert -len(killed) <= missing <= len(victim_answers), (missing, len(victim_answers), len(killed))
+    most = max(by_tag.values(), default=0)
+    assert abs(ledger_sum - billed) <= abs(missing) * most
+    if missing == 0:
+        assert ledger_sum == billed
+    # The dead replica's holds are spent: committed covers the ledger, and is at most the ledger
+    # plus one worst case per call that died in flight or lost its ledger entry.
+    assert ledger_sum < final.committed <= ledger_sum + (len(killed) + max(missing, 0)) * worst
