@@ -19,6 +19,7 @@ Per-request overrides (headers, e.g. set through a deployment's
 ``litellm_params.extra_headers``):
 
 - ``x-fake-latency-ms``: latency of this request, in milliseconds.
+- ``x-fake-chunk-delay-ms``: pause between the chunks of a streamed chat answer (a slow stream).
 - ``x-fake-fail``: answer with this HTTP status (429 or 500) instead.
 - ``x-fake-reply``: reply with this content.
 - ``x-fake-tool-call``: answer a request that offers tools with a call to its
@@ -495,10 +496,14 @@ class FakeProvider:
             chunk = {**base, "object": "chat.completion.chunk", "choices": choices, **extra, **fields}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
+        raw_delay = request.headers.get("x-fake-chunk-delay-ms")
+        delay_s = float(raw_delay) / 1000 if raw_delay else 0.0
         await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         words = reply.split(" ")
         for i, word in enumerate(words):
             piece = word if i == len(words) - 1 else word + " "
+            if delay_s:
+                await asyncio.sleep(delay_s)
             await send([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         await send([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
         if include_usage:
