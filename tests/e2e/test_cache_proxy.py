@@ -390,3 +390,22 @@ def test_bad_cache_config_stops_the_proxy_naming_the_key(
     assert code != 0
     assert "costkit.cache.scope: 'teams'" in log
     assert "'global', 'team', 'api_key', 'user' or 'end_user'" in log
+
+
+async def test_a_reused_call_id_never_stores_one_users_answer_under_anothers_prompt(
+    proxy: ProxyServer, entries: Entries, client: httpx.AsyncClient
+) -> None:
+    """Two users asking different questions at once with one ``x-litellm-call-id``: each later hit
+    serves that user's own answer (pending entries are keyed by the pack's id, not the client's)."""
+    shared = {"x-litellm-call-id": unique("shared-call-id")}
+    pairs = [(unique("alice"), f"What is the capital of country number {i}?") for i in range(3)]
+    pairs += [(unique("bob"), f"How many legs does animal number {i} have?") for i in range(3)]
+    first = await asyncio.gather(*(chat(client, proxy, text, user=user, headers=shared) for user, text in pairs))
+    for (user, text), response in zip(pairs, first, strict=True):
+        assert response.headers["x-costkit-cache"] == "miss"
+        await entries.wait_for(user, text)
+        assert await entries.texts(user) == [text]  # nobody else's prompt was stored under this user
+    for (user, text), response in zip(pairs, first, strict=True):
+        again = await chat(client, proxy, text, user=user, headers=shared)
+        assert again.headers["x-costkit-cache"] == "hit"
+        assert answer(again) == answer(response)
