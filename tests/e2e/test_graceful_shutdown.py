@@ -9,17 +9,16 @@ stopped during a Redis outage (fail_open) spools its queued commits and the next
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from test_budgets_proxy import running
 
 from costkit_litellm.store import LimitUsage
 from costkit_litellm.store.redis import RedisStore
@@ -55,18 +54,6 @@ def _config(
         "shutdown": {"spool_dir": str(spool), "flush_timeout_s": 20},
     }
     return enable_costkit(config, costkit)
-
-
-@contextlib.contextmanager
-def running(*proxies: ProxyServer) -> Iterator[tuple[ProxyServer, ...]]:
-    try:
-        with ThreadPoolExecutor(len(proxies)) as pool:
-            for future in [pool.submit(proxy.start) for proxy in proxies]:
-                future.result()
-        yield proxies
-    finally:
-        for proxy in proxies:
-            proxy.stop()
 
 
 async def _chat(client: httpx.AsyncClient, proxy: ProxyServer, user: str, probe: str) -> httpx.Response:

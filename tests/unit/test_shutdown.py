@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
+from test_budgets import FlakyStore as BudgetsFlakyStore
 
 from costkit_litellm.budgets.spool import STALE_CLAIM_S, Spool
 from costkit_litellm.config import parse_config
@@ -16,7 +16,6 @@ from costkit_litellm.kit import CostKit
 from costkit_litellm.money import Nano
 from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.pricing import ModelPrice
-from costkit_litellm.store import MemoryStore, StoreError
 
 PRICE = ModelPrice(input_nano_per_mtok=10**9, output_nano_per_mtok=10**9, max_output_tokens=1000)
 BUDGET = {"name": "daily", "scope": "user", "limit_usd": "1", "window": "total"}
@@ -27,26 +26,9 @@ class Prices:
         return PRICE
 
 
-class FlakyStore(MemoryStore):
-    """The in-process store with an outage switch (shared between 'processes' like a Redis)."""
-
-    down = False
-
-    async def _check(self) -> None:
-        if self.down:
-            raise StoreError("redis://127.0.0.1:1 does not answer")
-
-    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
-        await self._check()
-        return await super().reserve(*args, **kwargs)
-
-    async def commit(self, *args: Any, **kwargs: Any) -> Any:
-        await self._check()
-        return await super().commit(*args, **kwargs)
-
-    async def release(self, *args: Any, **kwargs: Any) -> Any:
-        await self._check()
-        return await super().release(*args, **kwargs)
+class FlakyStore(BudgetsFlakyStore):
+    """The budgets tests' flaky store, whose start and ping also fail while it is down (shared between
+    'processes' like a Redis)."""
 
     async def start(self) -> None:
         await self._check()
