@@ -45,6 +45,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from costkit_litellm.redact import mask_url
+from costkit_litellm.store import resp
 from costkit_litellm.store.base import (
     LedgerEntry,
     Limit,
@@ -113,6 +114,9 @@ class RedisStore:
         self._grace_ms = int(reservation_grace_s * 1000)
         self._dedupe_ms = _ms(ledger_dedupe_s)
         self._client: Any = None
+        self._fast: resp.PipelinedConnection | None = None
+        """The auto-pipelined connection that carries the scripts and plain commands (standalone
+        ``redis://``); redis-py's pool keeps the rest (loading scripts, SCAN, pipelines)."""
         self._shas: dict[str, str] = {}
         self._sources: dict[str, str] = {}
 
@@ -144,6 +148,9 @@ class RedisStore:
             await self._client.ping()
             for name in _SCRIPTS:
                 await self._load(name)
+            if not self._cluster and resp.supported(self._url):
+                self._fast = resp.PipelinedConnection(self._url, self._timeout)
+                await self._fast.execute("PING")
         except (*_ERRORS, ValueError) as exc:
             await self.close()
             raise StoreError(f"cannot use Redis at {mask_url(self._url)}: {exc}") from exc
@@ -151,6 +158,9 @@ class RedisStore:
     async def close(self) -> None:
         """Close the connection pool; safe to call twice."""
         client, self._client = self._client, None
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            await fast.close()
         if client is not None:
             with contextlib.suppress(*_ERRORS):  # a pool whose server is gone still closes
                 await client.aclose()
@@ -441,6 +451,16 @@ class RedisStore:
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         """Run a script by SHA; after a server restart (NOSCRIPT) load it again, once."""
         client = self._conn()
+        fast = self._fast
+        if fast is not None:
+            try:
+                try:
+                    return await fast.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+                except NoScriptError:
+                    await self._load(name)
+                    return await fast.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            except _ERRORS as exc:
+                raise StoreError(f"Redis script {name} failed: {exc}") from exc
         try:
             async with self._in_flight:
                 try:
@@ -452,6 +472,12 @@ class RedisStore:
             raise StoreError(f"Redis script {name} failed: {exc}") from exc
 
     async def _call(self, *command: str) -> Any:
+        fast = self._fast
+        if fast is not None:
+            try:
+                return await fast.execute(*command)
+            except _ERRORS as exc:
+                raise StoreError(f"Redis {command[0]} failed: {exc}") from exc
         try:
             async with self._in_flight:
                 return await self._conn().execute_command(*command)

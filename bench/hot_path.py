@@ -1,0 +1,181 @@
+"""The pack's own CPU per request, measured in process around a LiteLLM ``Router``.
+
+The proxy bench (``pack_overhead.py``) measures from outside and is the figure that counts, but
+on a shared 2-core machine its CPU per request drifts by +-10%, more than the pack costs. This one
+runs the same production-shaped pack (two budgets, the breaker with a session per request,
+accounting with the Redis ledger, metrics by feature) inside one process around
+``litellm.Router(...).acompletion`` on a mock deployment, and times the process CPU
+(``time.process_time``) and the Redis server's CPU (``/proc``) per request, for arms interleaved
+over several rounds:
+
+- ``router``: the bare Router (no pack);
+- ``router + pack``: the same Router with ``install(kit, router)``.
+
+The difference is the pack's cost per request, including LiteLLM's work for a registered
+callback. ``--profile`` adds a cProfile of the pack arm and prints the pack's top functions.
+
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/hot_path.py --requests 2000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import logging
+import os
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from costkit_litellm import CostKit
+from costkit_litellm.config import parse_config
+from costkit_litellm.testing.redis_server import RedisServer
+
+MODEL = "bench-model"
+FEATURES = ("search", "chat", "summary", "support")
+USERS = 100
+HUGE_USD = 1_000_000
+
+
+def pack_section(redis_url: str) -> dict[str, Any]:
+    """The production-shaped ``costkit:`` section (the same as ``pack_overhead.py``'s full pack)."""
+    return {
+        "redis_url": redis_url,
+        "key_prefix": f"hot-{uuid.uuid4().hex[:6]}",
+        "budgets": [
+            {"name": "global_day", "scope": "global", "limit_usd": HUGE_USD, "window": "day"},
+            {"name": "user_day", "scope": "user", "limit_usd": HUGE_USD, "window": "day"},
+        ],
+        "metrics": {"tag_labels": ["feature"]},
+    }
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def request(n: int) -> dict[str, Any]:
+    """The n-th request of the load: 100 users, 4 features, a session per 10 requests of a user."""
+    return {
+        "model": MODEL,
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": f"Summarise the benefits of caching in one line ({n % 7})."}],
+        "metadata": {
+            "user_id": f"user-{n % USERS}",
+            "session_id": f"session-{n % USERS}-{n // (USERS * 10)}",
+            "tags": [f"feature:{FEATURES[n % len(FEATURES)]}"],
+        },
+    }
+
+
+async def run_load(router: Any, requests: int, concurrency: int, offset: int) -> tuple[float, float]:
+    """Send ``requests`` requests with ``concurrency`` workers; (wall s, process CPU s)."""
+    queue = iter(range(offset, offset + requests))
+
+    async def worker() -> None:
+        for n in queue:
+            await router.acompletion(**request(n))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def make_router() -> Any:
+    import litellm
+
+    deployment = {"model_name": MODEL, "litellm_params": {"model": "openai/gpt-4o-mini", "mock_response": "ok"}}
+    return litellm.Router(model_list=[deployment])
+
+
+async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
+    import litellm
+
+    from costkit_litellm.litellm_adapter.app import install
+
+    litellm.suppress_debug_info = True
+    bare = make_router()
+    packed = make_router()
+    kit = CostKit(parse_config(pack_section(redis.url)), registry=CollectorRegistry())
+    install(kit, packed)
+    arms = {"router": bare, "router + pack": packed}
+    results: dict[str, list[tuple[int, float, float, float]]] = {arm: [] for arm in arms}
+    assert redis._proc is not None
+    redis_pid = redis._proc.pid
+    offset = 0
+    for router in arms.values():  # warm-up: imports, scripts, label children
+        await run_load(router, args.warmup, args.concurrency, offset)
+        offset += args.warmup
+    await asyncio.sleep(0.5)
+    for round_no in range(args.rounds):
+        order = list(arms.items()) if round_no % 2 == 0 else list(arms.items())[::-1]
+        for arm, router in order:
+            redis_before = _cpu_s(redis_pid)
+            wall, cpu = await run_load(router, args.requests, args.concurrency, offset)
+            await asyncio.sleep(0.3)  # let the logging callbacks of this run finish
+            offset += args.requests
+            results[arm].append((args.requests, wall, cpu, _cpu_s(redis_pid) - redis_before))
+            print(f"  round {round_no + 1} {arm:14}: {1000 * cpu / args.requests:.3f} CPU ms/req", file=sys.stderr)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await run_load(packed, args.requests, args.concurrency, offset)
+        await asyncio.sleep(0.3)
+        profiler.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("cumulative").print_stats("costkit_litellm", 40)
+        print(out.getvalue(), file=sys.stderr)
+    await kit.close()
+    print_table(results, args)
+
+
+def print_table(results: dict[str, list[tuple[int, float, float, float]]], args: argparse.Namespace) -> None:
+    def per_req(runs: Sequence[tuple[int, float, float, float]], index: int) -> float:
+        return 1000 * sum(r[index] for r in runs) / sum(r[0] for r in runs)
+
+    base = results["router"]
+    print(
+        f"\nIn-process hot path: Router on a mock deployment, {args.requests} requests x {args.rounds} rounds "
+        f"per arm at concurrency {args.concurrency}, interleaved; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}.\n"
+    )
+    print("| arm | req/s | process CPU ms/req | Redis CPU ms/req | added CPU ms/req (process + Redis) |")
+    print("|---|---:|---:|---:|---:|")
+    for arm, runs in results.items():
+        rate = statistics.median(r[0] / r[1] for r in runs)
+        added = per_req(runs, 2) + per_req(runs, 3) - per_req(base, 2) - per_req(base, 3)
+        note = "" if arm == "router" else f"{added:+.3f}"
+        print(f"| {arm} | {rate:.0f} | {per_req(runs, 2):.3f} | {per_req(runs, 3):.3f} | {note} |")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per arm per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--profile", action="store_true", help="cProfile one more pack run; print the pack's top")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+    args = parse_args(argv)
+    with RedisServer(search=False) as redis:
+        asyncio.run(main_async(args, redis))
+
+
+if __name__ == "__main__":
+    main()
