@@ -36,7 +36,9 @@ class LedgerBatcher:
         self._pending.append((entry_id, fields, future))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
-        return await asyncio.shield(future)  # a cancelled caller still gets its entry written
+        # No shield needed: cancelling a caller cancels only its own future, and ``_run`` writes
+        # the entry anyway (it holds the batch), so a cancelled caller still gets it written.
+        return await future
 
     async def _run(self) -> None:
         while self._pending:

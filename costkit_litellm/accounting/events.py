@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,9 @@ _FIELDS = {
     "reason": "costkit.reason",
     "error": "error.type",
 }
+_FIELD_KEYS = tuple(_FIELDS.values())
+_FIELD_VALUES = attrgetter(*_FIELDS)
+"""The event's values in ``_FIELDS`` order, read in one call."""
 _INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"}
 _OPTIONAL_INTS = {"cost_nano", "estimate_nano", "saved_nano"}
 ATTRIBUTE_PREFIX = "costkit.attr."
@@ -132,11 +136,12 @@ class UsageEvent:
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for the ledger (empty values left out)."""
         out: dict[str, str] = {}
-        for name, key in _FIELDS.items():
-            value = getattr(self, name)
-            if value is None or value == "":
-                continue
-            out[key] = repr(value) if isinstance(value, float) else str(value)
+        for key, value in zip(_FIELD_KEYS, _FIELD_VALUES(self), strict=True):
+            if type(value) is str:  # most fields: no conversion
+                if value:
+                    out[key] = value
+            elif value is not None and value != "":
+                out[key] = repr(value) if isinstance(value, float) else str(value)
         for key, value in self.attributes.items():
             out[ATTRIBUTE_PREFIX + key] = value
         return out

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from costkit_litellm.accounting.events import UsageEvent
 
 COST_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+MAX_CACHED_SERIES = 10_000
+"""Label sets whose metric children ``record`` keeps; beyond it, it looks them up each time."""
 # Keyed by the registry itself (weakly): an id() key could be reused by a later registry.
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, CostKitMetrics] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -48,6 +50,8 @@ class CostKitMetrics:
         self._lock = threading.Lock()
         self._remaining_keys: set[tuple[str, str]] = set()
         self._max_remaining = max_remaining_series
+        self._series: dict[tuple[str, str, str, str, tuple[str, ...]], _Series] = {}
+        self._cache_results: dict[str, Counter] = {}
         tags = list(self.tag_labels)
         self.spend = Counter(
             "costkit_spend_usd",
@@ -146,25 +150,51 @@ class CostKitMetrics:
 
     # --- accounting ---------------------------------------------------------------------
     def record(self, event: UsageEvent) -> None:
-        """Count one usage event: request, spend, tokens, cost histogram, savings, cache result."""
+        """Count one usage event: request, spend, tokens, cost histogram, savings, cache result.
+
+        The metric children an event touches are looked up once per label set and kept
+        (``prometheus_client``'s ``labels()`` validates and formats every value on each call).
+        """
         with self._lock:
             tags = self._limiter.values(event.attributes)
         model, tier = event.model or "unknown", event.tier or "none"
         endpoint = event.endpoint or "other"
-        self.requests.labels(model, tier, event.outcome, endpoint, *tags).inc()
-        if event.cost_nano:
-            dollars = event.cost_nano / NANO_PER_USD
-            self.spend.labels(model, tier, endpoint, *tags).inc(dollars)
-        if event.cost_nano is not None and event.outcome in ("success", "cache_hit"):
-            self.cost.labels(model, tier).observe(event.cost_nano / NANO_PER_USD)
+        key = (model, tier, event.outcome, endpoint, tags)
+        series = self._series.get(key)
+        if series is None:
+            series = _Series(self.requests.labels(model, tier, event.outcome, endpoint, *tags))
+            if len(self._series) < MAX_CACHED_SERIES:
+                self._series[key] = series
+        series.requests.inc()
+        cost = event.cost_nano
+        if cost:
+            if series.spend is None:
+                series.spend = self.spend.labels(model, tier, endpoint, *tags)
+            series.spend.inc(cost / NANO_PER_USD)
+        if cost is not None and event.outcome in ("success", "cache_hit"):
+            if series.cost is None:
+                series.cost = self.cost.labels(model, tier)
+            series.cost.observe(cost / NANO_PER_USD)
         if event.input_tokens:
-            self.tokens.labels(model, tier, "input", *tags).inc(event.input_tokens)
+            if series.input_tokens is None:
+                series.input_tokens = self.tokens.labels(model, tier, "input", *tags)
+            series.input_tokens.inc(event.input_tokens)
         if event.output_tokens:
-            self.tokens.labels(model, tier, "output", *tags).inc(event.output_tokens)
+            if series.output_tokens is None:
+                series.output_tokens = self.tokens.labels(model, tier, "output", *tags)
+            series.output_tokens.inc(event.output_tokens)
         if event.saved_nano and event.saved_source:
-            self.saved.labels(event.saved_source, model, *tags).inc(event.saved_nano / NANO_PER_USD)
+            saved = series.saved.get(event.saved_source)
+            if saved is None:
+                saved = series.saved[event.saved_source] = self.saved.labels(event.saved_source, model, *tags)
+            saved.inc(event.saved_nano / NANO_PER_USD)
         if event.cache_status:
-            self.cache.labels(event.cache_status).inc()
+            result = self._cache_results.get(event.cache_status)
+            if result is None:
+                result = self.cache.labels(event.cache_status)
+                if len(self._cache_results) < MAX_CACHED_SERIES:
+                    self._cache_results[event.cache_status] = result
+            result.inc()
 
     # --- budgets and breaker ------------------------------------------------------------
     def budget_remaining(self, budget: str, value: str, nano: int) -> None:
@@ -208,3 +238,18 @@ class CostKitMetrics:
     def internal_error(self, stage: str, action: str) -> None:
         """An unexpected error in the pre-call hook, and whether the request was ``refused`` or ``admitted``."""
         self.internal_errors.labels(stage, action).inc()
+
+
+class _Series:
+    """The metric children of one (model, tier, outcome, endpoint, tags) label set, each made on first use
+    (so a series appears only once something was counted in it, as with ``labels()`` each time)."""
+
+    __slots__ = ("cost", "input_tokens", "output_tokens", "requests", "saved", "spend")
+
+    def __init__(self, requests: Counter) -> None:
+        self.requests = requests
+        self.spend: Counter | None = None
+        self.cost: Histogram | None = None
+        self.input_tokens: Counter | None = None
+        self.output_tokens: Counter | None = None
+        self.saved: dict[str, Counter] = {}

@@ -238,7 +238,9 @@ class Store(Protocol):
 
     async def ledger_append_many(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[bool]:
         """``ledger_append`` for each ``(entry_id, fields)`` in order, in one round trip where the
-        store can; answers one flag per entry (False: a repeat, also of an earlier entry in ``entries``)."""
+        store can; answers one flag per entry (False: a repeat, also of an earlier entry in ``entries``).
+        Trimming by count and age applies once the batch is appended (the result is the same as after
+        the single appends: at most ``max_entries`` remain, none older than the age limit)."""
 
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None

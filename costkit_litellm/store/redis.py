@@ -38,6 +38,7 @@ import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -69,11 +70,13 @@ _SCRIPTS: Final = (
     "claim",
     "incr",
     "get",
-    "ledger_append",
+    "ledger_append_many",
     "ledger_read",
 )
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
 LEDGER_PAGE: Final = 1000
+LEDGER_BATCH: Final = 512
+"""Most ledger entries per ``ledger_append_many`` script call (a few ms of server time)."""
 _USAGE_BATCH: Final = 256
 """Limits per ``usage`` script call when reading many (``list_limits``)."""
 
@@ -316,52 +319,33 @@ class RedisStore:
     # --- ledger -------------------------------------------------------------------------
     async def ledger_append(self, entry_id: str, fields: Mapping[str, str]) -> bool:
         """Append once per ``entry_id`` to the ledger stream (trimmed by count and age)."""
-        stream = f"{self._prefix}:{{ledger}}"
-        keys = [stream, f"{stream}:id:{entry_id}"]
-        args = [
-            self._now(),
-            entry_id,
-            self._dedupe_ms,
-            self._ledger_max_len,
-            self._ledger_max_age,
-        ]
-        for name, value in fields.items():
-            args += [name, value]
-        return int(await self._eval("ledger_append", keys, args)) == 1
+        return (await self.ledger_append_many([(entry_id, fields)]))[0]
 
     async def ledger_append_many(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[bool]:
-        """``ledger_append`` for each entry, as one pipeline of script calls (one round trip). Each script is still
-        atomic and idempotent per entry id; a failed pipeline may have appended a prefix, which a
-        retry with the same ids does not append twice. redis-py refuses scripts in a cluster
-        pipeline, so a cluster runs them one by one."""
-        if not entries:
-            return []
-        if self._cluster:
-            return [await self.ledger_append(entry_id, fields) for entry_id, fields in entries]
+        """``ledger_append`` for each entry, in order: one script call (``ledger_append_many.lua``) per
+        ``LEDGER_BATCH`` entries, atomic and idempotent per entry id (a repeated id, also within
+        the batch, answers False), then one exact trim by count and age.
+
+        The entries travel as one JSON argument (decoded by the server's ``cjson``), so the
+        client packs one string instead of two arguments per field. The stream and its markers
+        share the ``{ledger}`` hash tag: on a cluster the whole call goes to that one slot. A
+        call that fails after an earlier chunk succeeded has appended that chunk, which a retry
+        with the same ids does not append twice.
+        """
         stream = f"{self._prefix}:{{ledger}}"
-        client = self._conn()
-        sha = self._shas["ledger_append"]
-        for attempt in range(2):
-            try:
-                async with self._in_flight:
-                    pipe = client.pipeline(transaction=False)
-                    for entry_id, fields in entries:
-                        args = [self._now(), entry_id, self._dedupe_ms, self._ledger_max_len, self._ledger_max_age]
-                        for name, value in fields.items():
-                            args += [name, value]
-                        pipe.evalsha(sha, 2, stream, f"{stream}:id:{entry_id}", *args)
-                    replies = await pipe.execute(raise_on_error=False)
-            except _ERRORS as exc:
-                raise StoreError(f"Redis script ledger_append failed: {exc}") from exc
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                await self._load("ledger_append")  # after a server restart; the repeat is idempotent
-                sha = self._shas["ledger_append"]
-                continue
-            break
-        failed = [r for r in replies if isinstance(r, Exception)]
-        if failed:
-            raise StoreError(f"Redis script ledger_append failed: {failed[0]}")
-        return [int(r) == 1 for r in replies]
+        head = [self._now(), self._dedupe_ms, self._ledger_max_len, self._ledger_max_age]
+        flags: list[bool] = []
+        for start in range(0, len(entries), LEDGER_BATCH):
+            chunk = entries[start : start + LEDGER_BATCH]
+            markers = [f"{stream}:id:{entry_id}" for entry_id, _ in chunk]
+            rows = json.dumps(
+                [[entry_id, *chain.from_iterable(fields.items())] for entry_id, fields in chunk],
+                ensure_ascii=False,
+                separators=(",", ":"),
+            ).encode("utf-8", "replace")  # a lone surrogate (valid in JSON input) becomes '?', not an error
+            reply = await self._eval("ledger_append_many", [stream, *markers], [*head, rows])
+            flags += [int(flag) == 1 for flag in reply]
+        return flags
 
     async def ledger_read(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
@@ -448,7 +432,7 @@ class RedisStore:
     async def _load(self, name: str) -> None:
         self._shas[name] = await self._conn().script_load(self._sources[name])
 
-    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         """Run a script by SHA; after a server restart (NOSCRIPT) load it again, once."""
         client = self._conn()
         fast = self._fast

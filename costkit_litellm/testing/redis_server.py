@@ -156,6 +156,13 @@ class RedisServer:
         return f"unix://{self._dir / 'redis.sock'}"
 
     @property
+    def pid(self) -> int:
+        """The server's process id (e.g. to read its CPU time from ``/proc`` in a benchmark)."""
+        if self._proc is None:
+            raise RedisServerError("server not started")
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None

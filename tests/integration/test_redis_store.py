@@ -196,3 +196,59 @@ class TestLedgerPaging:
         assert [e.fields["i"] for e in entries] == [str(i) for i in range(2500)]
         limited = await store.ledger_read(limit=1500)
         assert [e.entry_id for e in limited] == [f"e{i}" for i in range(1500)]
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    """How many EVALSHA commands the server has run (INFO commandstats)."""
+    for line in raw(server, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+class TestLedgerBatchScript:
+    @pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+    async def test_a_batch_is_one_script_call_also_on_a_cluster(self, make_redis_store, request, cluster):
+        """300 entries take one EVALSHA (standalone and cluster alike: the stream and its markers share
+        the ``{ledger}`` slot) and come back once each."""
+        server: RedisServer = request.getfixturevalue("redis_cluster_server" if cluster else "redis_server")
+        store = await make_redis_store(cluster=cluster)
+        before = evalsha_calls(server)
+        assert await store.ledger_append_many([(f"e{i}", {"i": str(i)}) for i in range(300)]) == [True] * 300
+        assert evalsha_calls(server) - before == 1
+        assert [e.entry_id for e in await store.ledger_read()] == [f"e{i}" for i in range(300)]
+
+    async def test_markers_and_stream_share_the_ledger_slot(self, make_redis_store, redis_server, key_prefix):
+        """Every marker key is ``P:{ledger}:id:<entry>`` with a TTL, beside the stream ``P:{ledger}``."""
+        store = await make_redis_store(ledger_dedupe_s=3600)
+        await store.ledger_append_many([("a:success", {}), ("b:failure", {})])
+        assert raw(redis_server, "XLEN", f"{key_prefix}:{{ledger}}") == 2
+        for entry_id in ("a:success", "b:failure"):
+            assert 3_500_000 < raw(redis_server, "PTTL", f"{key_prefix}:{{ledger}}:id:{entry_id}") <= 3_600_000
+
+    async def test_script_flush_and_restart_reload_the_batch_script(self, own_server, key_prefix):
+        """After SCRIPT FLUSH (NOSCRIPT) the batch script is loaded again and idempotency still holds;
+        after a server restart (empty) batches work again."""
+        store = RedisStore(own_server.url, prefix=key_prefix, socket_timeout_s=0.5)
+        await store.start()
+        try:
+            batch = [(f"e{i}", {"i": str(i)}) for i in range(10)]
+            assert await store.ledger_append_many(batch) == [True] * 10
+            raw(own_server, "SCRIPT", "FLUSH")
+            assert await store.ledger_append_many([*batch, ("new", {})]) == [False] * 10 + [True]
+            own_server.stop_server()
+            with pytest.raises(StoreError):
+                await store.ledger_append_many(batch)
+            own_server.restart()
+            assert await store.ledger_append_many(batch) == [True] * 10  # the restarted server starts empty
+            assert [e.entry_id for e in await store.ledger_read()] == [f"e{i}" for i in range(10)]
+        finally:
+            await store.close()
+
+    async def test_a_lone_surrogate_does_not_fail_its_batch(self, make_redis_store):
+        """A field holding a lone surrogate (valid in JSON metadata, not in UTF-8) is stored with '?' in
+        its place, and the rest of its batch is appended."""
+        store = await make_redis_store()
+        flags = await store.ledger_append_many([("bad", {"user.id": "a\ud800b"}), ("good", {"user.id": "c"})])
+        assert flags == [True, True]
+        assert {e.entry_id: e.fields["user.id"] for e in await store.ledger_read()} == {"bad": "a?b", "good": "c"}

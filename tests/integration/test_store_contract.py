@@ -625,6 +625,62 @@ class TestLedger:
         assert [e.entry_id for e in await store.ledger_read()] == ["mid", "new"]
 
 
+class TestLedgerBatches:
+    async def test_a_batch_larger_than_one_script_call_answers_every_entry_in_order(self, store):
+        """1,300 entries (more than one script call takes) with repeats across chunks: each id is
+        appended once, at its first position, and a repeat of the whole batch appends nothing."""
+        batch = [(f"e{i % 1000}", {"i": str(i)}) for i in range(1300)]
+        assert await store.ledger_append_many(batch) == [i < 1000 for i in range(1300)]
+        assert await store.ledger_append_many(batch) == [False] * 1300
+        entries = await store.ledger_read()
+        assert [(e.entry_id, e.fields["i"]) for e in entries] == [(f"e{i}", str(i)) for i in range(1000)]
+
+    async def test_duplicate_ids_in_one_batch_keep_the_first_entry(self, store):
+        """Within one batch only the first of several entries with one id is appended."""
+        flags = await store.ledger_append_many([("d", {"v": "first"}), ("d", {"v": "second"}), ("d", {})])
+        assert flags == [True, False, False]
+        assert [(e.entry_id, dict(e.fields)) for e in await store.ledger_read()] == [("d", {"v": "first"})]
+
+    async def test_batches_are_idempotent_against_single_appends(self, store):
+        """An id appended alone is a repeat in a later batch, and an id from a batch is a repeat alone."""
+        assert await store.ledger_append("a", {})
+        assert await store.ledger_append_many([("a", {}), ("b", {})]) == [False, True]
+        assert not await store.ledger_append("b", {})
+        assert [e.entry_id for e in await store.ledger_read()] == ["a", "b"]
+
+    async def test_fields_survive_a_batch_as_given(self, store):
+        """Unicode, empty values, quotes, a field named ``entry_id`` and 300 fields come back unchanged."""
+        odd = {"user.id": "Zoë ✓ 用户", "empty": "", "quote": '"\\\n\t{}', "entry_id": "not the id"}
+        many = {f"f{i}": str(i) for i in range(300)}
+        assert await store.ledger_append_many([("odd", odd), ("many", many), ("none", {})]) == [True] * 3
+        entries = {e.entry_id: dict(e.fields) for e in await store.ledger_read()}
+        assert entries == {"odd": odd, "many": many, "none": {}}
+
+    async def test_a_batch_trims_to_max_entries(self, make_store, fake_clock):
+        """A batch longer than ``ledger_max_entries`` leaves exactly the newest entries of the batch."""
+        store = await make_store(clock=fake_clock, ledger_max_entries=3)
+        await store.ledger_append("old", {})
+        assert await store.ledger_append_many([(f"e{i}", {}) for i in range(5)]) == [True] * 5
+        assert [e.entry_id for e in await store.ledger_read()] == ["e2", "e3", "e4"]
+        assert not await store.ledger_append("e0", {})  # trimmed, but still remembered as appended
+
+    async def test_a_batch_trims_by_age(self, make_store, fake_clock):
+        """Entries older than ``ledger_max_age_s`` are dropped by the next batch; the batch itself is kept."""
+        store = await make_store(clock=fake_clock, ledger_max_age_s=60)
+        await store.ledger_append_many([("old1", {}), ("old2", {})])
+        fake_clock.advance(61)
+        await store.ledger_append_many([("new1", {}), ("new2", {})])
+        assert [e.entry_id for e in await store.ledger_read()] == ["new1", "new2"]
+
+    async def test_a_batch_of_repeats_changes_nothing(self, make_store, fake_clock):
+        """A batch whose entries are all repeats appends nothing and trims nothing (like a single repeat)."""
+        store = await make_store(clock=fake_clock, ledger_max_age_s=60)
+        await store.ledger_append_many([("a", {}), ("b", {})])
+        fake_clock.advance(61)
+        assert await store.ledger_append_many([("a", {}), ("b", {})]) == [False, False]
+        assert [e.entry_id for e in await store.ledger_read()] == ["a", "b"]
+
+
 class TestLifecycle:
     async def test_ping_answers_and_close_is_idempotent(self, make_store):
         """A started store answers ``ping``; closing twice is harmless."""
