@@ -1,6 +1,8 @@
 """``RedisStore``: the production ``Store`` on Redis / Valkey (standalone or Cluster), Lua-scripted.
 
-This is the only module that imports ``redis``; every redis error leaves it as ``StoreError``.
+This module and its connection (``resp.py``) are the only ones that import ``redis``; every redis
+error leaves it as ``StoreError``. On a standalone ``redis://`` server the scripts and plain commands
+travel on one auto-pipelined connection (``resp.PipelinedConnection``), the rest on redis-py.
 
 Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster slot)::
 
@@ -149,11 +151,11 @@ class RedisStore:
             else:
                 self._client = aioredis.from_url(self._url, **options)
             await self._client.ping()
-            for name in _SCRIPTS:
-                await self._load(name)
             if not self._cluster and resp.supported(self._url):
                 self._fast = resp.PipelinedConnection(self._url, self._timeout)
                 await self._fast.execute("PING")
+            for name in _SCRIPTS:
+                await self._load(name)
         except (*_ERRORS, ValueError) as exc:
             await self.close()
             raise StoreError(f"cannot use Redis at {mask_url(self._url)}: {exc}") from exc
@@ -430,7 +432,10 @@ class RedisStore:
         raise StoreError(f"reservation {call_id!r} kept changing during {mode}")
 
     async def _load(self, name: str) -> None:
-        self._shas[name] = await self._conn().script_load(self._sources[name])
+        if self._fast is not None:  # the connection that runs the scripts (redis-py's may be stale after a restart)
+            self._shas[name] = await self._fast.execute("SCRIPT", "LOAD", self._sources[name])
+        else:
+            self._shas[name] = await self._conn().script_load(self._sources[name])
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         """Run a script by SHA; after a server restart (NOSCRIPT) load it again, once."""

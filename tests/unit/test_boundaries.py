@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "costkit_litellm"
 # Where each heavy dependency may be imported, relative to the package.
 ALLOWED = {
     "litellm": ("litellm_adapter/",),
-    "redis": ("store/redis.py", "testing/redis_server.py", "cache/redis_backend.py"),
+    "redis": ("store/redis.py", "store/resp.py", "testing/redis_server.py", "cache/redis_backend.py"),
     "redisvl": ("cache/redis_backend.py",),
     "torch": (),
     "sentence_transformers": ("embeddings/local.py",),
