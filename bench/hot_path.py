@@ -2,7 +2,7 @@
 
 The proxy bench (``pack_overhead.py``) measures from outside and is the figure that counts, but
 on a shared 2-core machine its CPU per request drifts by +-10%, more than the pack costs. This one
-runs the same production-shaped pack (two budgets, the breaker with a session per request,
+runs the same production-shaped pack (two budgets, the breaker (its session spend cap held with the budgets),
 accounting with the Redis ledger, metrics by feature) inside one process around
 ``litellm.Router(...).acompletion`` on a mock deployment, and times the process CPU
 (``time.process_time``) and the Redis server's CPU (``/proc``) per request, for arms interleaved
@@ -55,6 +55,7 @@ def pack_section(redis_url: str) -> dict[str, Any]:
             {"name": "global_day", "scope": "global", "limit_usd": HUGE_USD, "window": "day"},
             {"name": "user_day", "scope": "user", "limit_usd": HUGE_USD, "window": "day"},
         ],
+        "breaker": {"enabled": True},
         "metrics": {"tag_labels": ["feature"]},
     }
 
@@ -65,14 +66,14 @@ def _cpu_s(pid: int) -> float:
 
 
 def request(n: int) -> dict[str, Any]:
-    """The n-th request of the load: 100 users, 4 features, a session per 10 requests of a user."""
+    """The n-th request of the load: 100 users, 4 features, an agent session of 10 calls."""
     return {
         "model": MODEL,
         "max_tokens": 32,
-        "messages": [{"role": "user", "content": f"Summarise the benefits of caching in one line ({n % 7})."}],
+        "messages": [{"role": "user", "content": f"Summarise the benefits of caching in one line ({n})."}],
         "metadata": {
             "user_id": f"user-{n % USERS}",
-            "session_id": f"session-{n % USERS}-{n // (USERS * 10)}",
+            "session_id": f"session-{n // 10}",
             "tags": [f"feature:{FEATURES[n % len(FEATURES)]}"],
         },
     }
@@ -109,6 +110,13 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
     kit = CostKit(parse_config(pack_section(redis.url)), registry=CollectorRegistry())
     install(kit, packed)
     arms = {"router": bare, "router + pack": packed}
+    kits = [kit]
+    if args.memory_arm:  # the same pack on the in-process store: the pack's Python alone
+        in_process = make_router()
+        section = {k: v for k, v in pack_section(redis.url).items() if k != "redis_url"}
+        kits.append(CostKit(parse_config(section), registry=CollectorRegistry()))
+        install(kits[-1], in_process)
+        arms["router + pack (in-process store)"] = in_process
     results: dict[str, list[tuple[int, float, float, float]]] = {arm: [] for arm in arms}
     assert redis._proc is not None
     redis_pid = redis._proc.pid
@@ -125,7 +133,7 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
             await asyncio.sleep(0.3)  # let the logging callbacks of this run finish
             offset += args.requests
             results[arm].append((args.requests, wall, cpu, _cpu_s(redis_pid) - redis_before))
-            print(f"  round {round_no + 1} {arm:14}: {1000 * cpu / args.requests:.3f} CPU ms/req", file=sys.stderr)
+            print(f"  round {round_no + 1} {arm:34}: {1000 * cpu / args.requests:.3f} CPU ms/req", file=sys.stderr)
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -136,7 +144,9 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("cumulative").print_stats("costkit_litellm", 40)
         print(out.getvalue(), file=sys.stderr)
-    await kit.close()
+    await asyncio.sleep(1.0)  # the last logging callbacks
+    for each in kits:
+        await each.close()
     print_table(results, args)
 
 
@@ -165,6 +175,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--memory-arm", action="store_true", help="add the pack on the in-process store")
     parser.add_argument("--profile", action="store_true", help="cProfile one more pack run; print the pack's top")
     return parser.parse_args(argv)
 

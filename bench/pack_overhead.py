@@ -1,8 +1,9 @@
 """What each stage of the pack costs the proxy, measured from outside with wrk and /proc.
 
 One run, side by side: a vanilla LiteLLM proxy, the pack with each stage alone, and the full
-production-shaped pack (two budgets, the breaker, accounting with the Redis ledger, metrics by
-feature), all on mock deployments (``mock_response``: no provider process, so the proxy is the
+production-shaped pack (two budgets, the breaker with its session spend cap, accounting with the
+Redis ledger, metrics by feature; every request names a user, a feature and an agent session of
+ten calls), all on mock deployments (``mock_response``: no provider process, so the proxy is the
 only thing doing work) and one real Redis from the harness. Runs are interleaved (every arm once
 per round, the order reversed every other round) so drift on a shared machine hits every arm.
 
@@ -64,7 +65,7 @@ ARM_SECTIONS: dict[str, dict[str, Any] | None] = {
     "breaker": {**OFF, "breaker": {"enabled": True}},
     "ledger (Redis)": {**OFF, "ledger": {"enabled": True}},
     "metrics by feature": {**OFF, "metrics": {"enabled": True, "tag_labels": ["feature"]}},
-    "full pack": {"budgets": BUDGETS, "metrics": {"tag_labels": ["feature"]}},
+    "full pack": {"budgets": BUDGETS, "breaker": {"enabled": True}, "metrics": {"tag_labels": ["feature"]}},
 }
 """Each arm's ``costkit:`` section (``None``: no pack); every pack arm gets the same Redis."""
 
@@ -73,12 +74,19 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 local features = {%(features)s}
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
 local n = 0
 request = function()
   n = n + 1
+  local who = tid .. "-" .. n
   local body = '{"model":"%(model)s","max_tokens":32,'
-    .. '"messages":[{"role":"user","content":"Summarise the benefits of caching in one line."}],'
+    .. '"messages":[{"role":"user","content":"Summarise the benefits of caching in one line (' .. who .. ')."}],'
     .. '"metadata":{"user_id":"user-' .. (n %% %(users)d) .. '",'
+    .. '"session_id":"session-' .. tid .. '-' .. math.floor(n / 10) .. '",'
     .. '"tags":["feature:' .. features[(n %% #features) + 1] .. '"]}}'
   return wrk.format(nil, "/v1/chat/completions", nil, body)
 end
@@ -95,6 +103,8 @@ class WrkRun:
     p99_ms: float
     errors: int
     cpu_s: float
+    """Proxy process group plus Redis."""
+    redis_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -110,6 +120,9 @@ class ArmResult:
 
     def cpu_ms_per_request(self) -> float:
         return 1000 * sum(r.cpu_s for r in self.runs) / max(1, sum(r.requests for r in self.runs))
+
+    def redis_ms_per_request(self) -> float:
+        return 1000 * sum(r.redis_cpu_s for r in self.runs) / max(1, sum(r.requests for r in self.runs))
 
     def p50(self) -> float:
         return statistics.median(r.p50_ms for r in self.runs)
@@ -178,11 +191,12 @@ def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pi
     command = ["wrk", "--latency", f"-t{threads}", f"-c{args.concurrency}", f"-d{duration:g}s", "--timeout", "30s"]
     command += ["-s", str(script), proxy.base_url]
     assert proxy.pid is not None
-    before = group_cpu_s([proxy.pid], [redis_pid])
+    before, redis_before = group_cpu_s([proxy.pid], [redis_pid]), group_cpu_s([], [redis_pid])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu = group_cpu_s([proxy.pid], [redis_pid]) - before
+    redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
     requests, wall_s, p50, p99, errors = parse_wrk(output)
-    return WrkRun(requests, wall_s, p50, p99, errors, cpu)
+    return WrkRun(requests, wall_s, p50, p99, errors, cpu, redis_cpu)
 
 
 def check_arm(proxy: ProxyServer, pack: bool) -> None:
@@ -222,14 +236,15 @@ def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path
 def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
     vanilla = results["vanilla"]
     rows = [
-        "| arm | req/s | CPU ms/req | p50 ms | p99 ms | errors | req/s vs vanilla | CPU vs vanilla |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | req/s | CPU ms/req | of which Redis | p50 ms | p99 ms | errors | req/s vs vanilla | CPU vs vanilla |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, result in results.items():
         added = result.cpu_ms_per_request() - vanilla.cpu_ms_per_request()
         cpu_note = "" if arm == "vanilla" else f"{added:+.2f} ms ({added / vanilla.cpu_ms_per_request():+.0%})"
         rows.append(
-            f"| {arm} | {result.rate():.1f} | {result.cpu_ms_per_request():.2f} | {result.p50():.0f} | "
+            f"| {arm} | {result.rate():.1f} | {result.cpu_ms_per_request():.2f} | "
+            f"{result.redis_ms_per_request():.2f} | {result.p50():.0f} | "
             f"{result.p99():.0f} | {result.errors()} | {result.rate() / vanilla.rate():.3f} | {cpu_note} |"
         )
     return "\n".join(rows)
