@@ -8,7 +8,6 @@ a ``PriceSource``. Nothing here does I/O until ``start()`` (called lazily on fir
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import time
@@ -72,7 +71,9 @@ HEADER_COST = "x-costkit-cost-usd"
 
 def _check_local_embedder(name: str, source: str | None) -> None:
     """The local embedder needs its optional extra: say so at start-up rather than skip every request."""
-    if name == LOCAL_MINILM and importlib.util.find_spec("sentence_transformers") is None:
+    from costkit_litellm.embeddings.local import local_available
+
+    if name == LOCAL_MINILM and not local_available():
         raise ConfigError(
             [
                 f"costkit.cache.embedding_model: {LOCAL_MINILM} needs the optional extra "
