@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,7 +110,8 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
     os.close(fd)
     partial = Path(partial_name)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on traced indexing and the like
             torch.onnx.export(
                 _Encoder(transformer),
                 (sample, torch.ones_like(sample), torch.zeros_like(sample)),
@@ -221,6 +223,10 @@ class LocalEmbedder:
                 if self.runtime == "onnx":
                     raise
                 log.info("costkit: %s runs on torch (%s)", LOCAL_MINILM, exc)
+            except Exception as exc:  # a broken export or model file: the same vectors come from torch
+                if self.runtime == "onnx":
+                    raise
+                log.warning("costkit: %s on onnxruntime failed (%r); running it on torch", LOCAL_MINILM, exc)
         return self._open_torch(model_dir), "torch"
 
     def _open_onnx(self, model_dir: Path) -> Callable[[list[str]], Vectors]:
