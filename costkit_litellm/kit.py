@@ -8,7 +8,6 @@ a ``PriceSource``. Nothing here does I/O until ``start()`` (called lazily on fir
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import time
@@ -72,7 +71,9 @@ HEADER_COST = "x-costkit-cost-usd"
 
 def _check_local_embedder(name: str, source: str | None) -> None:
     """The local embedder needs its optional extra: say so at start-up rather than skip every request."""
-    if name == LOCAL_MINILM and importlib.util.find_spec("sentence_transformers") is None:
+    from costkit_litellm.embeddings.local import local_available
+
+    if name == LOCAL_MINILM and not local_available():
         raise ConfigError(
             [
                 f"costkit.cache.embedding_model: {LOCAL_MINILM} needs the optional extra "
@@ -249,9 +250,18 @@ class CostKit:
             )
 
     async def warm_up(self) -> None:
-        """Start now rather than on the first request (replays a spool at once); a store error is
-        logged, not raised (the next request retries)."""
+        """Start now rather than on the first request (replays a spool at once), and load the local
+        embedder (exporting its ONNX file the first time) in its worker thread; a store or embedder
+        error is logged, not raised (the next request retries)."""
         await self._ensure_started()
+        uses_local = (self.config.cache.enabled and self.config.cache.embedding_model == LOCAL_MINILM) or (
+            self.config.routing.enabled and self.config.routing.classifier == "learned"
+        )
+        if uses_local:
+            try:
+                await self.embedder(LOCAL_MINILM).embed(["costkit warm-up"])
+            except Exception as exc:  # the requests that need it fail open (skip) or fall back to the rules
+                log.warning("costkit: the local embedder did not load at start-up: %s", exc)
 
     async def _ensure_started(self) -> None:
         try:

@@ -1,4 +1,5 @@
-"""``costkit cache stats`` and ``costkit cache clear [--scope ...]``: the shared (Redis) cache, from outside."""
+"""``costkit cache stats`` and ``costkit cache clear [--scope ...]``: the shared (Redis) cache, from outside;
+``costkit cache export-onnx``: write the local MiniLM's ONNX file now (e.g. while building an image)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def add_cache_parser(subparsers: Any) -> argparse.ArgumentParser:
     clear = sub.add_parser("clear", help="remove cached answers (all, or one tenant's)")
     clear.add_argument(
         "--scope", default=None, help="global, team:<id>, api_key:<hash>, user:<id> or end_user:<id>; default: all"
+    )
+    export = sub.add_parser(
+        "export-onnx", help="export the local MiniLM to ONNX now (needs torch once; the proxy then runs without it)"
+    )
+    export.add_argument(
+        "--dir", default=None, help="where to write it (default: $COSTKIT_ONNX_DIR or ~/.cache/costkit/onnx)"
     )
     for parser in (stats, clear):
         parser.add_argument(
@@ -66,8 +73,30 @@ async def _run(args: argparse.Namespace, backend: CacheBackend, where: str) -> i
         await backend.close()
 
 
+def export_onnx_file(directory: str | None) -> int:
+    """``costkit cache export-onnx``: the file's path on stdout; 1 when it cannot be made here."""
+    from pathlib import Path
+
+    from costkit_litellm.embeddings import EmbedderUnavailable
+    from costkit_litellm.embeddings.local import export_onnx, local_model_path
+    from costkit_litellm.embeddings.onnx_minilm import exported_path
+
+    try:
+        model_dir = local_model_path()
+        target = exported_path(model_dir, Path(directory) if directory else None)
+        if not target.is_file():
+            export_onnx(model_dir, target)
+    except EmbedderUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(target)
+    return 0
+
+
 def run_cache(args: argparse.Namespace) -> int:
-    """Run ``costkit cache stats|clear``; 1 on a bad config, scope or unreachable Redis."""
+    """Run ``costkit cache stats|clear|export-onnx``; 1 on a bad config, scope or unreachable Redis."""
+    if args.cache_command == "export-onnx":
+        return export_onnx_file(args.dir)
     try:
         config = load_config(args.config)
         backend = make_backend(config.cache, config.redis_url, config.key_prefix)

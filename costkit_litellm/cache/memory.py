@@ -86,6 +86,11 @@ class MemoryCache:
         entry = self._entries.get(entry_id)
         return entry if entry is not None and self._live(entry) else None
 
+    async def lookup(self, entry_id: str, scope: str) -> tuple[CacheEntry | None, bool]:
+        """The live entry with this exact key, and whether the scope holds a live vector."""
+        self._expire()
+        return await self.get(entry_id), scope in self._scopes
+
     async def search(self, scope: str, vector: Vectors, k: int, min_similarity: float) -> list[Candidate]:
         """The ``k`` most similar live entries of the scope at or above ``min_similarity``."""
         self._expire()

@@ -11,10 +11,18 @@ Layout (``P`` = prefix, ``V`` = ``SCHEMA_VERSION``)::
     P:cache:vV:e:<entry id>   hash    scope, tenant, text, response (JSON), cost, model,
                                       stored_at, vector (float32 bytes; absent: exact-only entry)
     P:cache:vV:order          zset    entry id -> stored_at  (expiry trim and oldest-first eviction)
+    P:cache:vV:s:<scope>      string  "1" while the scope may hold an entry with a vector: set with
+                                      every such entry, in the same transaction, for the same TTL
     P:cache:vV:stats          hash    hit, miss, skip, saved_nano
     P:cache:vV:<algo>:<dims>  index   over P:cache:vV:e:  (scope and tenant TAGs, COSINE vector)
 
-The exact lookup is a plain ``HGETALL`` (no index involved, no embedding needed). The index is
+The exact lookup is a plain ``HGETALL`` (no index involved, no embedding needed), pipelined with
+an ``EXISTS`` of the scope's marker: a scope without one has no entry to search, so the stage skips
+the embedding and the vector query of that miss. The marker's TTL is renewed by every store in the
+scope, so it outlives each of the scope's entries: a missing marker is never wrong, across any
+number of replicas; a marker whose entries were evicted or cleared only costs one needless search.
+Entries written by code older than the marker are served by exact lookups, and by vector lookups
+again once their scope gets a new entry. The index is
 created on the first vector lookup or store, once per dimension count (taken from the embedder's
 vectors); its name carries the schema version, the algorithm and the dimensions, so a flat and an
 hnsw index, or two embedders, coexist during a rolling change instead of dropping each other. An
@@ -82,6 +90,7 @@ class RedisCache:
         self._entry_prefix = f"{self._root}:e:"
         self._order = f"{self._root}:order"
         self._stats = f"{self._root}:stats"
+        self._marker_prefix = f"{self._root}:s:"
         self._ttl = int(ttl_s)
         self._max = max_entries
         self._algorithm = algorithm
@@ -235,6 +244,18 @@ class RedisCache:
             raise self._fail("get", exc) from exc
         return self._entry(entry_id, raw) if raw else None
 
+    async def lookup(self, entry_id: str, scope: str) -> tuple[CacheEntry | None, bool]:
+        """``HGETALL`` of the entry and ``EXISTS`` of the scope's marker, pipelined (one round trip)."""
+        try:
+            client = await self._redis()
+            async with self._in_flight, client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._key(entry_id))
+                pipe.exists(self._marker_prefix + scope)
+                raw, marked = await pipe.execute()
+        except _ERRORS as exc:
+            raise self._fail("get", exc) from exc
+        return (self._entry(entry_id, raw) if raw else None), bool(marked)
+
     async def search(self, scope: str, vector: Vectors, k: int, min_similarity: float) -> list[Candidate]:
         """KNN within the scope (a TAG filter), keeping candidates at or above ``min_similarity``."""
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -288,6 +309,8 @@ class RedisCache:
                 pipe.hset(key, mapping=mapping)
                 pipe.expire(key, self._ttl)
                 pipe.zadd(self._order, {entry.entry_id: entry.stored_at})
+                if entry.vector is not None:  # the scope has something to search, for as long as this entry
+                    pipe.set(self._marker_prefix + entry.scope, b"1", ex=self._ttl)
                 pipe.zremrangebyscore(self._order, "-inf", self._clock() - self._ttl)
                 pipe.zcard(self._order)
                 *_, size = await pipe.execute()
@@ -344,6 +367,8 @@ class RedisCache:
                 await client.zrem(self._order, _text(key)[len(self._entry_prefix) :])
             if tenant is None:
                 await client.delete(self._order)
+                async for key in client.scan_iter(match=f"{self._marker_prefix}*", count=500):
+                    await client.unlink(key)
         except _ERRORS as exc:
             raise self._fail("clear", exc) from exc
         return removed

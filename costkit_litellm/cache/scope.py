@@ -304,6 +304,13 @@ class CacheBackend(Protocol):
     async def get(self, entry_id: str) -> CacheEntry | None:
         """The live entry with this exact key."""
 
+    async def lookup(self, entry_id: str, scope: str) -> tuple[CacheEntry | None, bool]:
+        """``get(entry_id)``, and whether ``scope`` may hold an entry with a vector, in one round trip.
+
+        ``False`` is a promise that ``search`` in the scope would find nothing now (so the caller
+        need not embed the question); ``True`` may be stale (the entries expired or were evicted).
+        An entry stored by any replica makes its scope ``True`` at once, until its TTL ends."""
+
     async def search(self, scope: str, vector: Vectors, k: int, min_similarity: float) -> list[Candidate]:
         """Up to ``k`` live entries of ``scope`` with cosine similarity >= ``min_similarity``, most similar first."""
 

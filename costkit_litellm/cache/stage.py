@@ -1,12 +1,17 @@
 """The cache stage: answer deterministic repeats and verified paraphrases from the cache, at $0.
 
-Before the call: not cacheable -> ``x-costkit-cache: skip`` (reason in the state). Else the exact
-key (no embedding needed), then the ``top_k`` most similar entries of the same scope, each checked
-by the ``Verifier`` (guards and pair classifier), most similar first. A hit raises
+Before the call: not cacheable -> ``x-costkit-cache: skip`` (reason in the state), decided from
+the request alone, before any embedding. Else the exact key (no embedding needed; the same round
+trip tells whether the scope holds any entry with a vector), then, in a scope that does, the
+``top_k`` most similar entries, each checked by the ``Verifier`` (guards and pair classifier),
+most similar first. A hit raises
 ``RequestAnswered`` with the stored response, ``x-costkit-cache: hit`` and the similarity, and the
 cost of the original call as the saving; the adapter answers it at $0 without a provider call.
 A miss is marked ``x-costkit-cache: miss``; its keys and vector wait in a small in-process map
-(by call id) for the outcome, and a successful answer is stored with what it cost.
+(by call id) for the outcome, and a successful answer is stored with what it cost. A miss in an
+empty scope (the common miss: a new tenant, conversation or parameter set) answers without
+waiting for an embedding: the vector the entry will be stored with is computed meanwhile, in the
+embedder's worker thread, while the provider answers.
 
 Fail open: a backend or embedder error is logged, counted (``costkit_store_errors_total
 {operation="cache"}``) and the request goes on with ``skip``; after an error the backend is left
@@ -58,11 +63,17 @@ MAX_BACKGROUND = 1_000
 _STORABLE_FINISH = frozenset({"stop", "length", None})
 
 
+_EMPTY_SCOPE = object()
+"""``_lookup``'s answer for a scope with nothing to search (a miss, no embedding needed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     keys: CacheKeys
     vector: Vectors | None
     expires: float
+    embedding: asyncio.Future[Vectors | None] | None = None
+    """The vector being computed after an empty-scope miss (None: ``vector`` is all there is)."""
 
 
 def make_backend(config: CacheConfig, store_url: str | None, prefix: str) -> CacheBackend:
@@ -95,6 +106,12 @@ def _storable(response: Mapping[str, Any] | None) -> bool:
         if not message.get("content") and not message.get("tool_calls"):
             return False
     return True
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background embedding's error as seen (``on_outcome`` logs it, or nobody needs it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _content(response: Mapping[str, Any]) -> str:
@@ -180,19 +197,26 @@ class CacheStage:
                 cache_hit=True,
                 saved_nano=entry.cost_nano,
             )
-        self._mark(admission, "miss", found)
+        empty = found is _EMPTY_SCOPE
+        self._mark(admission, "miss", found if isinstance(found, str) else None)
         call_id = admission.context.call_id
         if call_id is not None:
             vector = admission.vectors.get(self.config.embedding_model)
-            self._remember(call_id, _Pending(keys, vector, self._clock() + self.config.ttl_s))
+            embedding = self._embed_later(admission) if empty and vector is None else None
+            self._remember(call_id, _Pending(keys, vector, self._clock() + self.config.ttl_s, embedding))
 
-    async def _lookup(self, admission: Admission, keys: CacheKeys) -> tuple[CacheEntry, float, str] | str | None:
-        """The hit (entry, similarity, match kind), or the reason of the last refusal (None: no candidate)."""
-        entry = await self.backend.get(keys.entry_id)
+    async def _lookup(
+        self, admission: Admission, keys: CacheKeys
+    ) -> tuple[CacheEntry, float, str] | str | object | None:
+        """The hit (entry, similarity, match kind), the reason of the last refusal (None: no candidate),
+        or ``_EMPTY_SCOPE`` when the scope has nothing to search (then nothing was embedded)."""
+        entry, searchable = await self.backend.lookup(keys.entry_id, keys.scope)
         if entry is not None and entry.scope == keys.scope and entry.text == keys.text:
             return entry, 1.0, "exact"
         if len(keys.text) > self.config.max_semantic_chars:
             return "too_long"
+        if not searchable and self.config.embedding_model not in admission.vectors:
+            return _EMPTY_SCOPE
         vector = await admission.last_user_vector(self._embedder())
         if vector is None:
             return None
@@ -206,6 +230,17 @@ class CacheStage:
                 return cached, verdict.similarity, "semantic"
             refused = refused or verdict.reason
         return refused
+
+    def _embed_later(self, admission: Admission) -> asyncio.Future[Vectors | None] | None:
+        """Start computing the request's vector (for storing its answer) without waiting for it."""
+        try:
+            embedder = self._embedder()
+        except Exception as exc:  # no embedder: the answer is stored for exact lookups only
+            self._failed("embed", exc)
+            return None
+        task = asyncio.ensure_future(admission.last_user_vector(embedder))
+        task.add_done_callback(_retrieve)
+        return task
 
     def _mark(self, admission: Admission, status: str, reason: str | None) -> None:
         admission.headers[HEADER_CACHE] = status
@@ -233,10 +268,20 @@ class CacheStage:
         self._count(str(status))
         call_id = outcome.context.call_id
         pending = self._pending.pop(call_id, None) if call_id is not None else None
-        if status != "miss" or pending is None or outcome.kind != "success" or outcome.cache_hit:
+        if pending is None:
             return
-        if not _storable(outcome.response) or outcome.response is None:
+        if status != "miss" or outcome.kind != "success" or outcome.cache_hit or not _storable(outcome.response):
+            if pending.embedding is not None:
+                pending.embedding.cancel()
             return
+        if outcome.response is None:
+            return
+        vector = pending.vector
+        if vector is None and pending.embedding is not None:
+            try:
+                vector = await pending.embedding
+            except Exception as exc:  # stored for exact lookups only
+                self._failed("embed", exc)
         keys = pending.keys
         entry = CacheEntry(
             entry_id=keys.entry_id,
@@ -247,7 +292,7 @@ class CacheStage:
             cost_nano=self._cost(outcome),
             model=outcome.model or keys.model,
             stored_at=self._clock(),
-            vector=pending.vector,
+            vector=vector,
         )
         try:
             await self.backend.put(entry)

@@ -24,12 +24,15 @@ sigmoid output on their difference. A hidden ReLU layer would make a small MLP.
 unreadable, corrupt or incompatible file (unknown format or version, inconsistent shapes,
 non-finite numbers), so a proxy fails at start-up with the path in the message.
 
-**Without torch.** The model itself is plain numpy. ``score(prompt, embedding)`` with a
-precomputed embedding (the one the semantic cache computed, or one from an embedding API) needs
-nothing else. Without an embedding, the classifier asks its embedder for one; when it has none,
-or the local embedder cannot run here (no torch / sentence-transformers), it raises
-``EmbeddingRequired``. ``FallbackClassifier`` turns that into the rule-based decision with one
-logged warning, which is what the proxy uses: routing keeps working, just less well.
+**Without torch.** The model itself is plain numpy. ``score(prompt, embedding)`` with a precomputed
+embedding (the one the semantic cache computed, or one from an embedding API) needs nothing else.
+Without an embedding, the classifier asks its embedder for one; when it has none, or the local
+embedder cannot run here (no torch / sentence-transformers), it raises ``EmbeddingRequired``. In the
+proxy (``embed_inline=False``) it never embeds itself: the routing stage passes the request's
+vector, computed once in the embedder's worker thread; without one (the embedder failed) it falls
+back instead of blocking the event loop on a second try. ``FallbackClassifier`` turns that into the
+rule-based decision with one logged warning, which is what the proxy uses: routing keeps working,
+just less well.
 """
 
 from __future__ import annotations
@@ -238,13 +241,21 @@ class LearnedClassifier:
     name = "learned"
     needs_embedding = True
 
-    def __init__(self, model: LearnedModel, embedder: Embedder | None = None, source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        model: LearnedModel,
+        embedder: Embedder | None = None,
+        source: str = "<memory>",
+        *,
+        embed_inline: bool = True,
+    ) -> None:
         if embedder is not None and embedder.name != model.embedder:
             raise ModelFileError(
                 source, f"trained on {model.embedder} embeddings, but the configured embedder is {embedder.name}"
             )
         self.model = model
         self._embedder = embedder
+        self._embed_inline = embed_inline
         self._threshold = model.threshold
 
     @classmethod
@@ -253,7 +264,8 @@ class LearnedClassifier:
         return cls(load_model(path), embedder, source=str(path))
 
     def _embed(self, prompt: str) -> Vectors:
-        sync: Any = getattr(self._embedder, "embed_sync", None)
+        """Embed in the calling thread (offline use); off with ``embed_inline=False`` (the proxy's stage)."""
+        sync: Any = getattr(self._embedder, "embed_sync", None) if self._embed_inline else None
         if not callable(sync):
             raise EmbeddingRequired(
                 f"the learned router needs the request's {self.model.embedder} embedding and has no local embedder"

@@ -1,11 +1,14 @@
 """The routing stage: the virtual model ``auto`` goes to the cheapest tier that can handle the prompt.
 
-The classifier scores the last user message (the learned one with the request's embedding, shared
-with the semantic cache); a score under the threshold goes to the first (cheapest) tier, the rest
-to the last. A tier marked ``cascade`` is reached through the cheapest one: the adapter calls the
-cheap tier first and escalates only when its answer fails the checks (``routing.validate``), so
-``state["routing"]`` tells it what to do. Requests naming a concrete model are left alone unless
-their team or key is forced.
+The classifier scores the last user message (the learned one with the request's embedding, computed
+here off the event loop and shared with the semantic cache, which embeds the same text with the same
+local model: one embedding per request; when the cache is configured with another embedding model,
+the router still needs MiniLM, the model it was trained on, and the two differ by design); a score
+under the threshold goes to the first (cheapest) tier, the rest to the last. A tier marked
+``cascade`` is reached through the cheapest one: the adapter calls the cheap tier first and
+escalates only when its answer fails the checks (``routing.validate``), so ``state["routing"]``
+tells it what to do. Requests naming a concrete model are left alone unless their team or key is
+forced.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def build_classifier(config: RoutingConfig, embedder: Embedder | None) -> tuple[
     from costkit_litellm.routing.learned import FallbackClassifier, LearnedClassifier, load_model
 
     model = load_model(config.model_path or "")
-    learned = LearnedClassifier(model, embedder, source=config.model_path or "")
+    # The stage hands it the request's vector (computed off the event loop, shared with the cache);
+    # it never embeds on its own, so a request never costs a second embedding.
+    learned = LearnedClassifier(model, embedder, source=config.model_path or "", embed_inline=False)
     if config.threshold is not None:
         threshold = config.threshold
     elif config.target_premium_share is not None:
@@ -93,11 +98,17 @@ class RoutingStage:
         """Choose the tier; set the model, the estimate, the header and the cascade plan."""
         if not self.config.enabled or not self._applies(admission):
             return
-        prompt = admission.last_user_text() or ""
+        text = admission.last_user_text()
+        prompt = text or ""
         vector = None
-        if self._classifier.needs_embedding and self._embedder is not None and prompt:
+        if self._classifier.needs_embedding and self._embedder is not None:
             try:
-                vector = await admission.last_user_vector(self._embedder())
+                embedder = self._embedder()
+                # The cache embeds the same text (the last user message) with the same embedder:
+                # ``Admission.vectors`` keeps it, so the cache stage reuses this vector.
+                vector = (
+                    await admission.last_user_vector(embedder) if text is not None else (await embedder.embed([""]))[0]
+                )
             except (EmbedderUnavailable, CostKitError, OSError) as exc:
                 log.warning("costkit: no embedding for routing (%s); the classifier falls back", exc)
         decision = self._classifier.score(prompt, vector)

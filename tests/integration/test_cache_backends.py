@@ -193,6 +193,41 @@ class TestContract:
         assert stats.hit_rate == pytest.approx(2 / 3)
 
 
+class TestScopeMarker:
+    async def test_a_scope_is_searchable_only_while_it_holds_an_entry_with_a_vector(
+        self, make_backend: Factory
+    ) -> None:
+        """lookup() answers the exact entry and whether the scope has anything to search: not before a store,
+        not for an exact-only entry, yes after one with a vector, and no again once it expired."""
+        backend = await make_backend(ttl_s=1)
+        assert await backend.lookup("a", "s1") == (None, False)
+        await backend.put(entry("exact-only", None))
+        assert (await backend.lookup("exact-only", "s1"))[1] is False
+        await backend.put(entry("a", unit(1)))
+        found, searchable = await backend.lookup("a", "s1")
+        assert found is not None and found.entry_id == "a" and searchable
+        assert (await backend.lookup("a", "s2"))[1] is False
+        await asyncio.sleep(1.3)
+        assert await backend.lookup("a", "s1") == (None, False)
+
+    async def test_another_replicas_store_makes_the_scope_searchable_at_once(
+        self, redis_server: RedisServer, key_prefix: str
+    ) -> None:
+        """Two Redis backends on one prefix (two replicas): a store by one is seen by the other's next lookup."""
+        one = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=100)
+        two = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=100)
+        try:
+            assert (await two.lookup("a", "s1"))[1] is False
+            await one.put(entry("a", unit(1)))
+            assert (await two.lookup("b", "s1"))[1] is True
+            assert [c.entry.entry_id for c in await two.search("s1", unit(1), 3, 0.9)] == ["a"]
+            await one.clear()
+            assert (await two.lookup("b", "s1"))[1] is False
+        finally:
+            await one.close()
+            await two.close()
+
+
 class TestRedisIndex:
     async def test_flat_and_hnsw_share_entries_under_one_prefix(
         self, redis_server: RedisServer, key_prefix: str
