@@ -28,6 +28,23 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Add amount to a counter (hash: v = value, x = end in ms) and return its new value; the ttl (ms,
+-- '' = none) is set on creation, and on every increment when extend is '1' (an inactivity timeout).
+-- A counter past its end starts again.
+local function incr_counter(key, now, amount, ttl, extend)
+  local x = tonumber(redis.call('HGET', key, 'x') or '0')
+  if x > 0 and now >= x then
+    redis.call('DEL', key)
+  end
+  local created = redis.call('EXISTS', key) == 0
+  local value = redis.call('HINCRBY', key, 'v', amount)
+  if ttl ~= '' and (created or extend == '1') then
+    redis.call('HSET', key, 'x', int(now + tonumber(ttl)))
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return value
+end
+
 -- Committed and reserved of a (refreshed) limit, as numbers.
 local function usage_of(s)
   local v = redis.call('HMGET', s, 'c', 'r')
