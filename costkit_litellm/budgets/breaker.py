@@ -150,7 +150,9 @@ class BreakerStage:
         fingerprint = request_fingerprint(admission.context.model, admission.messages)
         counters = (
             StoreCounter(f"{base}:steps", ttl_s=ttl, extend=True, trip_above=self.config.max_steps),
-            StoreCounter(f"{base}:req:{fingerprint}", ttl_s=ttl, extend=True, trip_above=self.config.loop_threshold - 1),
+            StoreCounter(
+                f"{base}:req:{fingerprint}", ttl_s=ttl, extend=True, trip_above=self.config.loop_threshold - 1
+            ),
         )
         limit_keys: tuple[str, ...] = ()
         if self._spend_cap is not None:

@@ -326,7 +326,7 @@ class RedisStore:
         if self._cluster:
             committed = False if amount is None else await self.commit(call_id, amount, limits)
             return FinishResult(committed=committed, released=await self.release(call_id))
-        keys = self._record_keys(call_id) + [f"{self._prefix}:{{commit:{call_id}}}"]
+        keys = [*self._record_keys(call_id), f"{self._prefix}:{{commit:{call_id}}}"]
         head = [self._now(), call_id, "" if amount is None else str(amount), str(self._grace_ms)]
         both = [k for limit in limits for k in self._limit_keys(limit.key)]
         reply = await self._eval("commit_release", keys + both, [*head, _spec(limits), *_role_args("b", limits)])
