@@ -37,9 +37,9 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
   local role = ARGV[base]
   local charge, give_back = commit and role ~= 'r', release and role ~= 'c'
   if charge or give_back then
-    local w, bl = refresh(s, l, a, now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]))
+    local w, bl, x = refresh(s, l, a, now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]))
     if charge then
-      add_committed(s, l, a, amount, tonumber(ARGV[base + 1]), now, w, bl)
+      add_committed(s, l, a, amount, tonumber(ARGV[base + 1]), now, w, bl, x)
     end
     -- A live lease is given back; an expired one (counted as spent) is corrected to 0 where it
     -- was counted, after the commit above, as when commit and release ran one after the other.

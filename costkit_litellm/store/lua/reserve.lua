@@ -54,28 +54,35 @@ end
 local windows = {}
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
-  local w, bl = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
-  windows[i] = {w, bl}
+  local w, bl, x, c, r = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
+  windows[i] = {w, bl, x, c, r}
 end
-if with_record and (redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1) then
+if with_record and redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return reply({3})
 end
+-- usage before the hold, and how many times each limit is held (a key given twice holds twice)
+local before, times = {}, {}
 for i = 0, n - 1 do
   local s, l = limit_keys(i)
   if redis.call('ZSCORE', l, call_id) then
     return reply({3})
   end
-  local c, r = usage_of(s)
+  local c, r = windows[i][4], windows[i][5]
+  if c == nil or times[s] then  -- changed by its refresh, or a key given twice: read it
+    c, r = usage_of(s)
+  end
   if c + r + amount > arg(i, 0) then
     return reply({0, i + 1, int(c), int(r)})
   end
+  before[i] = {c, r}
+  times[s] = (times[s] or 0) + 1
 end
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
   redis.call('ZADD', l, lease_until, call_id)
   redis.call('HSET', a, call_id, ARGV[4])
   redis.call('HINCRBY', s, 'r', ARGV[4])
-  set_window(s, l, a, arg(i, 1), now)
+  set_window(s, l, a, arg(i, 1), now, windows[i][3])
   local w, bl = windows[i][1], windows[i][2]
   -- an expired lease is counted in the bucket of its expiry: keep the keys until it leaves
   set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
@@ -84,10 +91,11 @@ if with_record then
   redis.call('HSET', KEYS[1], 'amount', ARGV[4], 'lease_until', int(lease_until), 'limits', ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end
+-- usage after the hold: the holds only added to reserved
 local out = {1}
 for i = 0, n - 1 do
-  local c, r = usage_of(limit_keys(i))
-  out[#out + 1] = int(c)
-  out[#out + 1] = int(r)
+  local s = limit_keys(i)
+  out[#out + 1] = int(before[i][1])
+  out[#out + 1] = int(before[i][2] + times[s] * amount)
 end
 return reply(out)
