@@ -313,7 +313,9 @@ def ratio_table(rows: list[StoreRow]) -> str:
     lines = ["| processes | old cycles/s | new cycles/s | new/old |", "|---:|---:|---:|---:|"]
     for processes in sorted({r.processes for r in rows if r.store == "Redis"}):
         best = {
-            arm: max((r.rate for r in rows if r.store == "Redis" and r.processes == processes and r.arm == arm), default=0)
+            arm: max(
+                (r.rate for r in rows if r.store == "Redis" and r.processes == processes and r.arm == arm), default=0
+            )
             for arm in STORE_ARMS
         }
         old, new = best["old calls"], best["new calls"]
