@@ -51,7 +51,21 @@ import redis.utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: reuse overhead.py
 from overhead import Arm, comparison_table, fake_provider_process, interleaved
 
-from costkit_litellm.store import Counter, Limit, MemoryStore, RedisStore, Store
+from costkit_litellm.store import Limit, MemoryStore, RedisStore, Store
+
+try:
+    from costkit_litellm.store import Counter
+except ImportError:  # main's code, before counters travelled with the reservation: only "old calls" runs
+
+    @dataclass(frozen=True)
+    class Counter:  # type: ignore[no-redef]
+        key: str
+        ttl_s: float | None = None
+        extend: bool = False
+        amount: int = 1
+        trip_above: int | None = None
+
+
 from costkit_litellm.testing.proxy_server import (
     ProxyServer,
     base_config,
@@ -319,7 +333,8 @@ def ratio_table(rows: list[StoreRow]) -> str:
             for arm in STORE_ARMS
         }
         old, new = best["old calls"], best["new calls"]
-        lines.append(f"| {processes} | {old:,.0f} | {new:,.0f} | {new / old if old else 0:.2f} |")
+        ratio = f"{new / old:.2f}" if old and new else "-"
+        lines.append(f"| {processes} | {old:,.0f} | {new:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -330,7 +345,7 @@ def bench_store(args: argparse.Namespace) -> str:
         print(f"redis up: {server.url}; hiredis: {redis.utils.HIREDIS_AVAILABLE}", file=sys.stderr)
         for processes in args.processes:
             for round_ in range(args.store_rounds):
-                arms = STORE_ARMS if round_ % 2 == 0 else STORE_ARMS[::-1]  # interleaved: old, new, new, old
+                arms = args.store_arms if round_ % 2 == 0 else args.store_arms[::-1]  # interleaved: old, new, new, old
                 for arm in arms:
                     results, stats = redis_run(
                         server.url, prefix, arm, processes, args.cycles, args.tasks, args.profile
@@ -338,9 +353,10 @@ def bench_store(args: argparse.Namespace) -> str:
                     row = StoreRow("Redis", arm, processes, args.tasks, results, stats)
                     print(f"  redis x{processes} {arm}: {row.rate:,.0f} cycles/s", file=sys.stderr)
                     rows.append(row)
-    memory = StoreRow("MemoryStore", "new calls", 1, args.tasks, memory_run(args.memory_cycles, args.tasks))
-    print(f"  memory: {memory.rate:,.0f} cycles/s", file=sys.stderr)
-    rows.append(memory)
+    if "new calls" in args.store_arms:
+        memory = StoreRow("MemoryStore", "new calls", 1, args.tasks, memory_run(args.memory_cycles, args.tasks))
+        print(f"  memory: {memory.rate:,.0f} cycles/s", file=sys.stderr)
+        rows.append(memory)
     return store_table(rows) + "\n\n" + ratio_table(rows)
 
 
@@ -412,6 +428,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=32, help="concurrent tasks per process")
     parser.add_argument("--processes", default="1,4", help="comma-separated process counts on Redis")
     parser.add_argument("--store-rounds", type=int, default=2, help="runs per store arm and process count")
+    parser.add_argument(
+        "--store-arms",
+        default=",".join(STORE_ARMS),
+        help="comma-separated store arms; 'old calls' alone also runs on main's code (PYTHONPATH=/path/to/main)",
+    )
     parser.add_argument("--profile", help="cProfile worker 0 of each store run to PROFILE.<arm>")
     parser.add_argument("--requests", type=int, default=300, help="proxy requests per run at concurrency > 1")
     parser.add_argument("--serial-requests", type=int, default=100, help="proxy requests per run at concurrency 1")
@@ -423,6 +444,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-proxy", action="store_true", help="only the store table")
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in args.processes.split(",")]
+    args.store_arms = tuple(arm.strip() for arm in args.store_arms.split(","))
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 

@@ -19,10 +19,17 @@ Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster
     P:n:K        hash   counter (v = value, x = end in ms);  P:claim:T  claim token
     P:map:N      hash   settings map N (plain HSET / HDEL / HGETALL)
 
-Standalone: reserve, settle and release are each one script over every key involved (all or
-nothing). Cluster: a limit's keys share a slot but a call's limits do not, so ``reserve`` holds
-limit by limit and rolls back the earlier holds when a later one refuses; spend still can never
-pass a cap (contention can only cause spurious refusals).
+Standalone: reserve (with its counters), settle, release, count and commit_and_release are each
+one script over every key involved (all or nothing): a budgeted request is one round trip before
+the call and one after. ``commit_and_release`` takes the limits the caller reserved and only reads
+the reservation record when its spec differs (a record written by an older version). Cluster: a
+limit's keys share a slot but a call's limits do not, so ``reserve`` increments its counters one
+by one, then holds limit by limit and rolls back the earlier holds when a later one refuses; spend
+still can never pass a cap (contention can only cause spurious refusals); ``commit_and_release``
+is ``commit`` then ``release``.
+
+The scripts read each limit's state once (``refresh``) and skip rewriting a window end it already
+holds; commands are packed with hiredis when it is installed (``_hiredis_packing``).
 
 Rolling limits keep their buckets in their own hash; buckets that left the window are dropped
 lazily by the scripts, and every write keeps the three keys alive for max(2 x window, lease).

@@ -180,6 +180,16 @@ class TestKeys:
         assert await store.commit_and_release("a", 40, [Limit("x", 100)]) == FinishResult(False, False)
         assert (await store.usage(["x"]))[0].committed == 40 and (await store.usage(["x"]))[0].reserved == 0
 
+    async def test_commands_packed_by_hiredis_carry_any_text(self, make_redis_store):
+        """With hiredis installed, commands are packed by it and text round-trips exactly (UTF-8, spaces)."""
+        store = await make_redis_store()
+        import redis.utils
+
+        pool_class = store._conn().connection_pool.connection_class
+        assert pool_class.__name__.startswith("HiredisPacking") == redis.utils.HIREDIS_AVAILABLE
+        await store.map_set("m", "clé d'été", "värde 値 with spaces")
+        assert await store.map_get_all("m") == {"clé d'été": "värde 値 with spaces"}
+
     async def test_settings_map_is_one_hash_under_the_prefix(self, make_redis_store, redis_server, key_prefix):
         """``map_set`` writes a plain hash ``<prefix>:map:<name>`` other tools can read."""
         store = await make_redis_store()
