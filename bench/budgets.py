@@ -1,12 +1,21 @@
-"""What budgets cost: store throughput of a reservation cycle, and proxy latency with budgets on vs off.
+"""What budgets cost: store round trips and throughput of a request's cycle, and proxy latency with budgets on vs off.
 
-(a) Store: one *cycle* is what the budget stage does per admitted request: ``reserve`` the worst
-case against two limits (a global day budget and a per-user day budget), then ``commit`` the
-actual cost and ``release`` the hold. Measured on one local Redis (``RedisServer(search=False)``)
-from 1 process and from N processes (multiprocessing spawn: each its own event loop and
-``RedisStore``), each with ``--tasks`` concurrent tasks; and on ``MemoryStore`` in 1 process as a
-reference. The caps are far above what the run spends, so nothing is refused; after each run the
-global limit must hold exactly cycles x actual committed and nothing reserved.
+(a) Store: one *cycle* is what the budget stage and the breaker do per admitted agent request: two
+session counters (steps, repeated request), a ``reserve`` of the worst case against two limits (a
+global day budget and a per-user day budget), then commit the actual cost and release the hold.
+Two arms, interleaved, on one local Redis (``RedisServer(search=False)``):
+
+- **old calls** (main before the round-trip work): ``incr`` x2, ``reserve``, ``commit``, ``release``
+  (a release reads the reservation record first): 6 round trips;
+- **new calls**: ``reserve(counters=...)`` and ``commit_and_release``: 2 round trips.
+
+Each from 1 process and from N processes (multiprocessing spawn: each its own event loop and
+``RedisStore``), each with ``--tasks`` concurrent tasks; and the new calls on ``MemoryStore`` in 1
+process as a reference. Round trips are counted on the client (every script call and command the
+store sends); the server's CPU per cycle comes from ``INFO cpu`` and the scripts' own cost from
+``INFO commandstats`` (``evalsha`` usec per call) deltas around each run. The caps and thresholds
+are far above what the run spends, so nothing is refused or tripped; after each run the global
+limit must hold exactly cycles x actual committed and nothing reserved.
 
 (b) Proxy: two real ``litellm`` proxies with the pack on the same Redis and the same fake provider
 (a separate process with a fixed latency): **budgets off** (no budgets) and **budgets on** (a
@@ -14,7 +23,8 @@ global day budget and a per-user day budget, too large to refuse). Runs are inte
 (off, on, on, off, ...) at each concurrency; the table reports req/s and p50/p99 latency.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/budgets.py
-    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/budgets.py --cycles 5000 --requests 300 --skip-proxy
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/budgets.py --cycles 5000 --skip-proxy
+    LITELLM_LOCAL_MODEL_COST_MAP=True python bench/budgets.py --skip-proxy --profile /tmp/cycle.prof
 """
 
 from __future__ import annotations
@@ -22,23 +32,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+import redis.utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: reuse overhead.py
 from overhead import Arm, comparison_table, fake_provider_process, interleaved
 
 from costkit_litellm.store import Limit, MemoryStore, RedisStore, Store
+
+try:
+    from costkit_litellm.store import Counter
+except ImportError:  # main's code, before counters travelled with the reservation: only "old calls" runs
+
+    @dataclass(frozen=True)
+    class Counter:  # type: ignore[no-redef]
+        key: str
+        ttl_s: float | None = None
+        extend: bool = False
+        amount: int = 1
+        trip_above: int | None = None
+
+
 from costkit_litellm.testing.proxy_server import (
     ProxyServer,
     base_config,
@@ -50,9 +77,12 @@ from costkit_litellm.testing.redis_server import RedisServer
 
 MODEL = "bench-model"
 ARMS = ("budgets off", "budgets on")
+STORE_ARMS = ("old calls", "new calls")
 WORST, ACTUAL = 25_200, 12_750  # nano-dollars: a gpt-4o-mini call's worst case and actual cost
 HUGE_CAP = 10**15  # $1,000,000: never refuses
+NEVER = 10**12  # a counter threshold no run reaches
 USERS = 100
+SESSION_TTL_S = 1800.0
 
 
 # --- (a) store throughput -------------------------------------------------------------------
@@ -65,32 +95,79 @@ class CycleResult:
     cycles: int
     wall_s: float
     latencies_s: list[float]
+    round_trips: int = 0
+
+
+DAY_END = (int(time.time()) // 86_400 + 2) * 86_400  # a fixed window end, as a day budget's (same in every worker)
 
 
 def limits_for(cycle: int, tag: str) -> list[Limit]:
     """A global day limit and the per-user day limit of one of USERS users."""
-    expires = time.time() + 86_400
+    expires = float(DAY_END)
     return [
         Limit(f"budget:{tag}:global:day:all", HUGE_CAP, expires_at=expires),
         Limit(f"budget:{tag}:user:day:u{cycle % USERS}", HUGE_CAP, expires_at=expires),
     ]
 
 
-async def run_cycles(store: Store, worker: int, cycles: int, tasks: int, tag: str) -> CycleResult:
-    """``cycles`` reserve + commit + release cycles with ``tasks`` concurrent tasks."""
+def counters_for(cycle: int, tag: str) -> list[Counter]:
+    """The breaker's two session counters (steps; this request's fingerprint) of one of USERS sessions."""
+    base = f"session:{tag}:s{cycle % USERS}"
+    return [
+        Counter(f"{base}:steps", ttl_s=SESSION_TTL_S, extend=True, trip_above=NEVER),
+        Counter(f"{base}:req:{cycle:016x}", ttl_s=SESSION_TTL_S, extend=True, trip_above=NEVER),
+    ]
+
+
+async def old_cycle(store: Store, call_id: str, cycle: int, tag: str) -> None:
+    """The calls the stages made before: two ``incr``, ``reserve``, ``commit``, ``release``."""
+    for counter in counters_for(cycle, tag):
+        await store.incr(counter.key, 1, ttl_s=counter.ttl_s, extend=True)
+    limits = limits_for(cycle, tag)
+    result = await store.reserve(call_id, WORST, limits, 600.0)
+    if not result.ok:
+        raise RuntimeError(f"refused: {result}")
+    await store.commit(call_id, ACTUAL, limits)
+    await store.release(call_id)
+
+
+async def new_cycle(store: Store, call_id: str, cycle: int, tag: str) -> None:
+    """The calls the stages make now: ``reserve`` with the counters, then ``commit_and_release``."""
+    limits = limits_for(cycle, tag)
+    result = await store.reserve(call_id, WORST, limits, 600.0, counters=counters_for(cycle, tag))
+    if not result.ok:
+        raise RuntimeError(f"refused: {result}")
+    await store.commit_and_release(call_id, ACTUAL, limits)
+
+
+CYCLES: dict[str, Callable[[Store, str, int, str], Awaitable[None]]] = {"old calls": old_cycle, "new calls": new_cycle}
+
+
+def count_round_trips(store: RedisStore) -> list[int]:
+    """Count every script call and command the store sends from now on (a one-item list, for closures)."""
+    sent = [0]
+    for name in ("_eval", "_call"):
+        inner = getattr(store, name)
+
+        async def counted(*args: Any, _inner: Any = inner) -> Any:
+            sent[0] += 1
+            return await _inner(*args)
+
+        setattr(store, name, counted)
+    return sent
+
+
+async def run_cycles(store: Store, arm: str, worker: int, cycles: int, tasks: int, tag: str) -> CycleResult:
+    """``cycles`` cycles of ``arm`` with ``tasks`` concurrent tasks."""
     latencies: list[float] = []
     todo = iter(range(cycles))
+    cycle_of = CYCLES[arm]
 
     async def task() -> None:
         for cycle in todo:
             call_id = f"{tag}-{worker}-{cycle}"
-            limits = limits_for(cycle, tag)
             start = time.perf_counter()
-            result = await store.reserve(call_id, WORST, limits, 600.0)
-            if not result.ok:
-                raise RuntimeError(f"refused: {result.denied}")
-            await store.commit(call_id, ACTUAL, limits)
-            await store.release(call_id)
+            await cycle_of(store, call_id, cycle, tag)
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -98,16 +175,27 @@ async def run_cycles(store: Store, worker: int, cycles: int, tasks: int, tag: st
     return CycleResult(cycles, time.perf_counter() - start, latencies)
 
 
-def redis_worker(url: str, prefix: str, worker: int, cycles: int, tasks: int, tag: str, barrier: Any) -> CycleResult:
+def redis_worker(
+    url: str, prefix: str, arm: str, worker: int, cycles: int, tasks: int, tag: str, barrier: Any, profile: str | None
+) -> CycleResult:
     """One spawned process: its own loop and RedisStore; starts with the others at the barrier."""
 
     async def main() -> CycleResult:
         store = RedisStore(url, prefix=prefix)
         await store.start()
         try:
-            await run_cycles(store, worker, min(200, cycles), tasks, f"{tag}-warm")  # scripts, pool
+            await run_cycles(store, arm, worker, min(200, cycles), tasks, f"{tag}-warm")  # scripts, pool
+            sent = count_round_trips(store)
             barrier.wait()
-            return await run_cycles(store, worker, cycles, tasks, tag)
+            profiler = cProfile.Profile() if profile and worker == 0 else None
+            if profiler is not None:
+                profiler.enable()
+            result = await run_cycles(store, arm, worker, cycles, tasks, tag)
+            if profiler is not None and profile:
+                profiler.disable()
+                profiler.dump_stats(f"{profile}.{arm.replace(' ', '-')}")
+            result.round_trips = sent[0]
+            return result
         finally:
             await store.close()
 
@@ -121,16 +209,49 @@ async def check_spent(store: Store, tag: str, cycles: int) -> None:
         raise SystemExit(f"store run {tag}: expected {cycles * ACTUAL} committed and 0 held, got {usage}")
 
 
-def redis_run(url: str, prefix: str, processes: int, cycles: int, tasks: int) -> list[CycleResult]:
-    tag = f"r{processes}-{uuid.uuid4().hex[:6]}"
+@dataclass
+class ServerStats:
+    """What the server spent during a run (``INFO`` deltas)."""
+
+    cpu_s: float
+    evalsha_calls: int
+    evalsha_usec: int
+
+
+def server_totals(url: str) -> ServerStats:
+    client = redis.Redis.from_url(url)
+    try:
+        cpu: dict[str, Any] = client.info("cpu")
+        commands: dict[str, Any] = client.info("commandstats")
+    finally:
+        client.close()
+    evalsha = commands.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    return ServerStats(
+        float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), int(evalsha["calls"]), int(evalsha["usec"])
+    )
+
+
+def redis_run(
+    url: str, prefix: str, arm: str, processes: int, cycles: int, tasks: int, profile: str | None
+) -> tuple[list[CycleResult], ServerStats]:
+    tag = f"{arm[:3]}{processes}-{uuid.uuid4().hex[:6]}"
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
-        barrier = manager.Barrier(processes)
+        barrier = manager.Barrier(processes + 1)
         with context.Pool(processes) as pool:
             jobs = [
-                pool.apply_async(redis_worker, (url, prefix, w, cycles, tasks, tag, barrier)) for w in range(processes)
+                pool.apply_async(redis_worker, (url, prefix, arm, w, cycles, tasks, tag, barrier, profile))
+                for w in range(processes)
             ]
+            barrier.wait()  # every worker is warm: measure the server from here
+            before = server_totals(url)
             results = [job.get(timeout=600) for job in jobs]
+            after = server_totals(url)
+    stats = ServerStats(
+        after.cpu_s - before.cpu_s,
+        after.evalsha_calls - before.evalsha_calls,
+        after.evalsha_usec - before.evalsha_usec,
+    )
 
     async def check() -> None:
         store = RedisStore(url, prefix=prefix)
@@ -141,15 +262,15 @@ def redis_run(url: str, prefix: str, processes: int, cycles: int, tasks: int) ->
             await store.close()
 
     asyncio.run(check())
-    return results
+    return results, stats
 
 
 def memory_run(cycles: int, tasks: int) -> list[CycleResult]:
     async def main() -> CycleResult:
         store = MemoryStore()
         await store.start()
-        await run_cycles(store, 0, min(200, cycles), tasks, "warm")
-        result = await run_cycles(store, 0, cycles, tasks, "m")
+        await run_cycles(store, "new calls", 0, min(200, cycles), tasks, "warm")
+        result = await run_cycles(store, "new calls", 0, cycles, tasks, "m")
         await check_spent(store, "m", cycles)
         return result
 
@@ -161,36 +282,82 @@ def percentile_ms(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
 
-def store_table(rows: list[tuple[str, int, int, list[CycleResult]]]) -> str:
+@dataclass
+class StoreRow:
+    store: str
+    arm: str
+    processes: int
+    tasks: int
+    results: list[CycleResult]
+    server: ServerStats | None = None
+
+    @property
+    def cycles(self) -> int:
+        return sum(r.cycles for r in self.results)
+
+    @property
+    def rate(self) -> float:
+        return self.cycles / max(r.wall_s for r in self.results)  # all started together at the barrier
+
+
+def store_table(rows: list[StoreRow]) -> str:
     lines = [
-        "| store | processes | tasks/process | cycles | cycles/s | store calls/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | calls | processes | tasks/process | cycles | cycles/s | round trips/cycle | "
+        "server CPU us/cycle | script us/call | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for store, processes, tasks, results in rows:
-        cycles = sum(r.cycles for r in results)
-        rate = cycles / max(r.wall_s for r in results)  # all started together at the barrier
-        latencies = [x for r in results for x in r.latencies_s]
+    for row in rows:
+        latencies = [x for r in row.results for x in r.latencies_s]
+        trips = f"{sum(r.round_trips for r in row.results) / row.cycles:.2f}" if row.server else "-"
+        cpu = f"{row.server.cpu_s * 1e6 / row.cycles:.0f}" if row.server else "-"
+        script = (
+            f"{row.server.evalsha_usec / row.server.evalsha_calls:.1f}"
+            if row.server and row.server.evalsha_calls
+            else "-"
+        )
         lines.append(
-            f"| {store} | {processes} | {tasks} | {cycles} | {rate:,.0f} | {3 * rate:,.0f} | "
-            f"{percentile_ms(latencies, 0.5):.2f} | {percentile_ms(latencies, 0.99):.2f} |"
+            f"| {row.store} | {row.arm} | {row.processes} | {row.tasks} | {row.cycles} | {row.rate:,.0f} | {trips} | "
+            f"{cpu} | {script} | {percentile_ms(latencies, 0.5):.2f} | {percentile_ms(latencies, 0.99):.2f} |"
         )
     return "\n".join(lines)
 
 
+def ratio_table(rows: list[StoreRow]) -> str:
+    """new/old throughput per process count (best round of each arm)."""
+    lines = ["| processes | old cycles/s | new cycles/s | new/old |", "|---:|---:|---:|---:|"]
+    for processes in sorted({r.processes for r in rows if r.store == "Redis"}):
+        best = {
+            arm: max(
+                (r.rate for r in rows if r.store == "Redis" and r.processes == processes and r.arm == arm), default=0
+            )
+            for arm in STORE_ARMS
+        }
+        old, new = best["old calls"], best["new calls"]
+        ratio = f"{new / old:.2f}" if old and new else "-"
+        lines.append(f"| {processes} | {old:,.0f} | {new:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def bench_store(args: argparse.Namespace) -> str:
-    rows: list[tuple[str, int, int, list[CycleResult]]] = []
+    rows: list[StoreRow] = []
     with RedisServer(search=False) as server:
         prefix = f"bench-{uuid.uuid4().hex[:6]}"
-        print(f"redis up: {server.url}", file=sys.stderr)
+        print(f"redis up: {server.url}; hiredis: {redis.utils.HIREDIS_AVAILABLE}", file=sys.stderr)
         for processes in args.processes:
-            results = redis_run(server.url, prefix, processes, args.cycles, args.tasks)
-            rate = sum(r.cycles for r in results) / max(r.wall_s for r in results)
-            print(f"  redis x{processes}: {rate:,.0f} cycles/s", file=sys.stderr)
-            rows.append(("Redis", processes, args.tasks, results))
-    memory = memory_run(args.memory_cycles, args.tasks)
-    print(f"  memory: {memory[0].cycles / memory[0].wall_s:,.0f} cycles/s", file=sys.stderr)
-    rows.append(("MemoryStore", 1, args.tasks, memory))
-    return store_table(rows)
+            for round_ in range(args.store_rounds):
+                arms = args.store_arms if round_ % 2 == 0 else args.store_arms[::-1]  # interleaved: old, new, new, old
+                for arm in arms:
+                    results, stats = redis_run(
+                        server.url, prefix, arm, processes, args.cycles, args.tasks, args.profile
+                    )
+                    row = StoreRow("Redis", arm, processes, args.tasks, results, stats)
+                    print(f"  redis x{processes} {arm}: {row.rate:,.0f} cycles/s", file=sys.stderr)
+                    rows.append(row)
+    if "new calls" in args.store_arms:
+        memory = StoreRow("MemoryStore", "new calls", 1, args.tasks, memory_run(args.memory_cycles, args.tasks))
+        print(f"  memory: {memory.rate:,.0f} cycles/s", file=sys.stderr)
+        rows.append(memory)
+    return store_table(rows) + "\n\n" + ratio_table(rows)
 
 
 # --- (b) proxy with budgets on vs off -------------------------------------------------------
@@ -260,6 +427,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-cycles", type=int, default=20000, help="store cycles on MemoryStore")
     parser.add_argument("--tasks", type=int, default=32, help="concurrent tasks per process")
     parser.add_argument("--processes", default="1,4", help="comma-separated process counts on Redis")
+    parser.add_argument("--store-rounds", type=int, default=2, help="runs per store arm and process count")
+    parser.add_argument(
+        "--store-arms",
+        default=",".join(STORE_ARMS),
+        help="comma-separated store arms; 'old calls' alone also runs on main's code (PYTHONPATH=/path/to/main)",
+    )
+    parser.add_argument("--profile", help="cProfile worker 0 of each store run to PROFILE.<arm>")
     parser.add_argument("--requests", type=int, default=300, help="proxy requests per run at concurrency > 1")
     parser.add_argument("--serial-requests", type=int, default=100, help="proxy requests per run at concurrency 1")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated proxy concurrency levels")
@@ -270,6 +444,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-proxy", action="store_true", help="only the store table")
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in args.processes.split(",")]
+    args.store_arms = tuple(arm.strip() for arm in args.store_arms.split(","))
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 
@@ -281,8 +456,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.skip_store:
         table = bench_store(args)
         print(
-            f"\nBudget store: one cycle = reserve (2 limits) + commit + release; {args.cycles} cycles per "
-            f"Redis process, {args.memory_cycles} on MemoryStore; {os.cpu_count()} CPUs.\n"
+            f"\nBudget store: one cycle = 2 session counters + reserve (2 limits) + commit + release of the hold; "
+            f"{args.cycles} cycles per Redis process, {args.memory_cycles} on MemoryStore; {os.cpu_count()} CPUs; "
+            f"hiredis {redis.utils.HIREDIS_AVAILABLE}.\n"
         )
         print(table, flush=True)
     if not args.skip_proxy:

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.accounting.recorder import AccountingStage
 from costkit_litellm.accounting.webhook import WebhookForwarder
+from costkit_litellm.budgets import counters
 from costkit_litellm.budgets.breaker import BreakerStage
 from costkit_litellm.budgets.enforce import BudgetStage
 from costkit_litellm.budgets.policy import BudgetPolicy
@@ -125,7 +126,6 @@ class CostKit:
             self.stages.append(
                 BreakerStage(
                     self.config.breaker,
-                    self.store,
                     self.metrics,
                     fail_closed=settings.on_store_error == "fail_closed",
                     clock=clock,
@@ -147,7 +147,7 @@ class CostKit:
             except ConfigError as exc:
                 raise ConfigError(exc.problems, exc.source or self.source) from None
             self.stages.append(cache)
-        if self.config.budgets or self.config.breaker.enabled:
+        if self.config.budgets or self.config.breaker.enabled:  # it also counts the breaker's session counters
             policy = BudgetPolicy(self.config.budgets, settings, clock)
             self.stages.append(
                 BudgetStage(policy, self.store, lambda: self.pricing, self.metrics, self.config.redis_url)
@@ -370,7 +370,12 @@ class CostKit:
         """Run the pre-call stages; raises ``RequestRejected`` when a stage refuses.
 
         ``estimate`` is the worst case when the caller computed it (the adapter does, per call type);
-        without it, a chat completion of ``prompt_tokens`` is assumed."""
+        without it, a chat completion of ``prompt_tokens`` is assumed.
+
+        Counters a stage added (the breaker's) are counted by the budgets stage with its
+        reservation. When a stage raises before that (a cache hit, a routing refusal), or no stage
+        took them, they are counted here, alone, and a trip wins over what the stage raised: as
+        if the breaker had counted them when it ran."""
         await self._ensure_started()
         if estimate is None:
             estimate = self.pricing.worst_case(
@@ -378,7 +383,14 @@ class CostKit:
             )
         admission = Admission(context=context, estimate=estimate, deployment_model=deployment_model, messages=messages)
         for stage in self.stages:
-            await stage.on_request(admission)
+            try:
+                await stage.on_request(admission)
+            except Exception:
+                if admission.counters:
+                    await counters.count_pending(self.store, admission)
+                raise
+        if admission.counters:
+            await counters.count_pending(self.store, admission)
         if self.config.headers.enabled:  # after the stages: routing or a downgrade may have re-estimated
             final = admission.estimate.amount
             admission.headers[HEADER_MAX_COST] = format_usd(final) if final is not None else "unknown"

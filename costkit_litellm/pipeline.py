@@ -6,6 +6,10 @@ headers, rewrite the model, or refuse by raising ``RequestRejected``. After the 
 ``on_outcome`` sees one ``Outcome`` (success or failure, actual cost). Later capabilities plug in
 here, in the order DESIGN.md gives: breaker, route, cache, budgets (before); settle, cache store,
 accounting (after).
+
+A stage that needs counters in the store before the call (the breaker's session counters) does
+not count them itself: it adds ``CounterChecks`` to the admission, and the budgets stage sends them
+with its reservation, so a request costs one store round trip before the call.
 """
 
 from __future__ import annotations
@@ -19,11 +23,33 @@ from costkit_litellm.embeddings import Embedder, Vectors
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate
-from costkit_litellm.store import Limit, LimitUsage
+from costkit_litellm.store import Counter, Limit, LimitUsage
 
 OutcomeKind = Literal["success", "failure", "rejected", "answered", "escalated"]
 RefusalFor = Callable[[LimitUsage], RequestRejected | RequestAnswered]
 """Builds the refusal when a limit a stage contributed is the one that denies the reservation."""
+
+
+@dataclass(slots=True)
+class CounterChecks:
+    """Counters a stage wants incremented in the store before the call, and what their values mean.
+
+    The budgets stage increments them with its reservation, in one round trip; when a later stage
+    refuses or answers first, ``CostKit.admit`` counts them alone (``budgets/counters.py``). Either
+    way they are counted once, before the request goes anywhere, and a trip wins."""
+
+    counters: tuple[Counter, ...]
+    """What to increment, in the order their trips are checked."""
+    trip: Callable[[int, int], RequestRejected | RequestAnswered]
+    """``(index in counters, its new value)`` -> the refusal, for the first counter above its ``trip_above``."""
+    unavailable: Callable[[], RequestRejected] | None = None
+    """The refusal when the store does not answer (fail_closed); None: the counters are skipped then,
+    and so are this stage's ``limit_keys``."""
+    limit_keys: tuple[str, ...] = ()
+    """Keys of the ``Admission.extra_limits`` this stage added that apply only when its counters were
+    counted (dropped with them when the store does not answer)."""
+    pending: bool = True
+    """Not yet counted (nor skipped)."""
 
 
 @dataclass(slots=True)
@@ -41,6 +67,8 @@ class Admission:
     """The request's messages (read-only), for stages that look at the conversation."""
     extra_limits: list[tuple[Limit, RefusalFor]] = field(default_factory=list)
     """Limits other stages want held with the budgets in the one all-or-nothing reservation."""
+    counters: list[CounterChecks] = field(default_factory=list)
+    """Counters other stages want incremented before the call, sent with the reservation."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-stage state carried to ``on_outcome`` (keyed by stage name), kept server-side."""
     vectors: dict[str, Vectors] = field(default_factory=dict)

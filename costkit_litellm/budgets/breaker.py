@@ -8,6 +8,13 @@
 
 A trip is a 429 whose ``type`` is ``agent_step_limit``, ``agent_budget_exceeded`` or
 ``agent_loop_detected``, or (``on_trip: final_message``) a final assistant message at $0.
+
+The breaker never talks to the store: the loop in the conversation needs none, and the two session
+counters (steps; this request's fingerprint) go to the admission as ``CounterChecks`` with their
+thresholds, which the budgets stage increments in the same script as its reservation (one round
+trip before the call). They are counted first and whatever happens next; the step limit is checked
+before the repeated request, and a trip holds nothing. If the store does not answer, fail_closed
+refuses with the breaker's 503 and fail_open skips the counters and the session's spend cap.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.config import BreakerConfig
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd_short, usd_to_nano
-from costkit_litellm.pipeline import Admission, Outcome
-from costkit_litellm.store import Limit, LimitUsage, Store, StoreError
+from costkit_litellm.pipeline import Admission, CounterChecks, Outcome
+from costkit_litellm.store import Counter as StoreCounter
+from costkit_litellm.store import Limit, LimitUsage
 
 _SPACES = re.compile(r"\s+")
 HEADER_STOPPED = "x-costkit-stopped"
@@ -93,6 +101,17 @@ def request_fingerprint(model: str, messages: Sequence[Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def _unavailable() -> RequestRejected:
+    """fail_closed: a request with a session is refused while the store cannot count it."""
+    return RequestRejected(
+        "The agent circuit breaker cannot reach its store; requests with a session are refused "
+        "until it answers (budget_settings.on_store_error: fail_closed).",
+        status=503,
+        error_type="budget_store_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 class BreakerStage:
     """Stops agent sessions that loop, take too many steps or spend too much."""
 
@@ -101,20 +120,18 @@ class BreakerStage:
     def __init__(
         self,
         config: BreakerConfig,
-        store: Store,
         metrics: CostKitMetrics | None = None,
         fail_closed: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._store = store
         self._metrics = metrics
         self._fail_closed = fail_closed
         self._clock = clock
         self._spend_cap = usd_to_nano(config.max_spend_usd) if config.max_spend_usd is not None else None
 
     async def on_request(self, admission: Admission) -> None:
-        """Count the step, look for loops, and add the session's spend cap to the reservation."""
+        """Look for loops, and add the session's counters and spend cap to the reservation."""
         session = admission.context.session_id
         if not self.config.enabled or not session:
             return
@@ -130,37 +147,42 @@ class BreakerStage:
                 "the same tool call kept repeating",
             )
         ttl = self.config.inactivity_s
-        try:
-            steps = await self._store.incr(f"{base}:steps", 1, ttl_s=ttl, extend=True)
-            fingerprint = request_fingerprint(admission.context.model, admission.messages)
-            same = await self._store.incr(f"{base}:req:{fingerprint}", 1, ttl_s=ttl, extend=True)
-        except StoreError:
-            if self._fail_closed:
-                raise RequestRejected(
-                    "The agent circuit breaker cannot reach its store; requests with a session are refused "
-                    "until it answers (budget_settings.on_store_error: fail_closed).",
-                    status=503,
-                    error_type="budget_store_unavailable",
-                    headers={"Retry-After": "5"},
-                ) from None
-            return
-        if self.config.max_steps is not None and steps > self.config.max_steps:
-            raise self._trip(
-                "agent_step_limit",
-                session,
-                f"it made {steps} calls (limit {self.config.max_steps})",
-                "it took too many steps",
-            )
-        if same >= self.config.loop_threshold:
-            raise self._trip(
-                "agent_loop_detected",
-                session,
-                f"the same request was sent {same} times (limit {self.config.loop_threshold - 1})",
-                "the same request kept repeating",
-            )
+        fingerprint = request_fingerprint(admission.context.model, admission.messages)
+        counters = (
+            StoreCounter(f"{base}:steps", ttl_s=ttl, extend=True, trip_above=self.config.max_steps),
+            StoreCounter(
+                f"{base}:req:{fingerprint}", ttl_s=ttl, extend=True, trip_above=self.config.loop_threshold - 1
+            ),
+        )
+        limit_keys: tuple[str, ...] = ()
         if self._spend_cap is not None:
             limit = Limit(key=f"{base}:spend", cap=self._spend_cap, expires_at=self._clock() + ttl)
             admission.extra_limits.append((limit, lambda usage: self._spend_refusal(session, usage)))
+            limit_keys = (limit.key,)
+        admission.counters.append(
+            CounterChecks(
+                counters,
+                lambda index, value: self._counter_trip(session, index, value),
+                _unavailable if self._fail_closed else None,
+                limit_keys,
+            )
+        )
+
+    def _counter_trip(self, session: str, index: int, value: int) -> RequestRejected | RequestAnswered:
+        """The trip of counter ``index`` (0: steps, 1: this request's repeats) at ``value``."""
+        if index == 0:
+            return self._trip(
+                "agent_step_limit",
+                session,
+                f"it made {value} calls (limit {self.config.max_steps})",
+                "it took too many steps",
+            )
+        return self._trip(
+            "agent_loop_detected",
+            session,
+            f"the same request was sent {value} times (limit {self.config.loop_threshold - 1})",
+            "the same request kept repeating",
+        )
 
     def _spend_refusal(self, session: str, usage: LimitUsage) -> RequestRejected | RequestAnswered:
         cap = self._spend_cap or 0

@@ -2,10 +2,12 @@
 
 Before the call, one all-or-nothing ``reserve`` holds the request's worst-case cost against every
 budget that applies (and any limits other stages added, such as the breaker's session cap); a
-refusal is a 429 naming the budget and nothing is held anywhere. After the call, a success
-*commits* the actual cost and then *releases* the hold (both idempotent by call id, so repeated
-or replayed callbacks never charge twice; for a moment the spend counts twice, which can only
-refuse, never overspend); a failure releases the hold.
+refusal is a 429 naming the budget and nothing is held anywhere. The same script first increments
+the counters other stages added (the breaker's session counters, ``counters.py``) and refuses
+with their trip, holding nothing: one store round trip before the call (plus the runtime limits
+map, re-read every ``runtime_refresh_s``). After the call, one ``commit_and_release`` (one script)
+*commits* the actual cost (a success; a cascade's paid cheap attempt even on failure) and
+*releases* the hold, idempotent by call id, so repeated or replayed callbacks never charge twice.
 
 Store outage: ``fail_closed`` answers 503; ``fail_open`` admits within an outage allowance (each
 limit's ``outage_headroom_share`` of the headroom this replica last saw from the store, worst cases
@@ -24,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from costkit_litellm.accounting.metrics import CostKitMetrics
+from costkit_litellm.budgets import counters
 from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
 from costkit_litellm.budgets.outage import OutageAllowance
@@ -42,7 +45,8 @@ HEADER_DOWNGRADED = "x-costkit-downgraded"
 STATE_KEY = "budgets"
 MAX_PENDING = 100_000
 _Operation = tuple[str, str, int, list[Limit]]
-"""(``commit`` | ``release``, call id, amount, limits)."""
+"""(``commit`` | ``release``, call id, amount, limits): the unit of the outage queue and of the spool
+(a release carries the limits reserved, so its replay needs no read of the reservation)."""
 
 
 def _limit_json(limit: Limit) -> dict[str, Any]:
@@ -90,27 +94,33 @@ class BudgetStage:
         return self._runtime
 
     async def on_request(self, admission: Admission) -> None:
-        """Hold the worst case against every applicable budget, or refuse."""
+        """Count the pending counters and hold the worst case against every applicable budget, in
+        one round trip; or refuse (a counter's trip first)."""
         try:
             applied = self.policy.applicable(admission.context, await self.runtime_limits())
         except StoreError as exc:
+            counters.unreachable(admission)  # as when the breaker could not count (fail_closed: its 503)
             self._store_failed("runtime_limits", exc)
             applied = self.policy.applicable(admission.context, self._runtime)
         if not applied and not admission.extra_limits:
+            await counters.count_pending(self._store, admission)
             return
         await self._flush_pending()
         if admission.estimate.unbounded is None and any(a.budget.action == "downgrade" for a in applied):
             await self._maybe_downgrade(admission, applied)
-        amount = self._amount(admission, applied)
+        amount = await self._amount(admission, applied)
+        if amount is None:
+            return
         for budget in applied:
             if budget.caps and amount > budget.limit:
+                await counters.count_pending(self._store, admission)  # a trip comes first
                 self._count_rejection(budget.budget.name, "too_large")
                 raise RequestRejected(
                     self.policy.too_large_message(budget, amount, admission.context.params.max_tokens),
                     status=400,
                     error_type="budget_request_too_large",
                 )
-        limits = [a.to_limit() for a in applied] + [limit for limit, _ in admission.extra_limits]
+        limits = self._limits(applied, admission)
         call_id = admission.context.call_id or ""
         state: dict[str, Any] = {
             "limits": [_limit_json(x) for x in limits],
@@ -119,9 +129,17 @@ class BudgetStage:
         }
         admission.state[STATE_KEY] = state
         epoch, clean = self._outage.epoch, not self._pending
+        groups, pending = counters.pending(admission)
         try:
-            result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s)
+            result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s, counters=pending)
         except StoreError as exc:
+            if pending:  # nothing was counted: as when the breaker's own count failed, before the budgets ran
+                counters.unreachable(admission)  # fail_closed: the breaker's 503
+                limits = self._limits(applied, admission)
+                if not limits:
+                    del admission.state[STATE_KEY]
+                    return
+                state["limits"] = [_limit_json(x) for x in limits]
             self._store_failed("reserve", exc)
             if self.settings.on_store_error == "fail_closed":
                 self._count_rejection("*", "store_unavailable")
@@ -138,6 +156,10 @@ class BudgetStage:
             state["outage_hold"] = True
             log.warning("costkit: admitting %s against the outage allowance (fail_open): %s", call_id, exc)
             return
+        counters.mark_counted(groups)
+        if result.tripped is not None:  # counted, nothing held: the trip is the refusal
+            del admission.state[STATE_KEY]
+            raise counters.trip(groups, result.tripped, result.counts)
         if result.collision:  # ids are the pack's own uuid4s: never a client's doing
             log.error("costkit: request id %s is already known to the store; refusing it", call_id)
             raise RequestRejected(
@@ -154,6 +176,11 @@ class BudgetStage:
         )
         state["held"] = True
         self._report_remaining(admission, applied, result.usages)
+
+    @staticmethod
+    def _limits(applied: Sequence[AppliedBudget], admission: Admission) -> list[Limit]:
+        """Every limit to hold: the budgets', then those other stages added."""
+        return [a.to_limit() for a in applied] + [limit for limit, _ in admission.extra_limits]
 
     def _admit_in_outage(
         self,
@@ -198,11 +225,14 @@ class BudgetStage:
         except StoreError as exc:
             self._store_failed("renew", exc)
 
-    def _amount(self, admission: Admission, applied: Sequence[AppliedBudget]) -> int:
+    async def _amount(self, admission: Admission, applied: Sequence[AppliedBudget]) -> int | None:
+        """What to hold; None when nothing is left to hold (see ``_still_held``)."""
         endpoint = admission.estimate.unbounded
         if endpoint is not None:
             if self.settings.unbounded_calls == "reserve":
                 return usd_to_nano(self.settings.unbounded_reserve_usd)
+            if not await self._still_held(admission, applied):
+                return None
             names = ", ".join(repr(a.budget.name) for a in applied) or "the session limit"
             self._count_rejection(applied[0].budget.name if applied else "*", "unbounded")
             raise RequestRejected(
@@ -217,6 +247,8 @@ class BudgetStage:
             return admission.estimate.amount
         if self.settings.unknown_price == "reserve":
             return usd_to_nano(self.settings.unknown_price_reserve_usd)
+        if not await self._still_held(admission, applied):
+            return None
         names = ", ".join(repr(a.budget.name) for a in applied) or "the session limit"
         self._count_rejection(applied[0].budget.name if applied else "*", "price_unknown")
         raise RequestRejected(
@@ -227,7 +259,18 @@ class BudgetStage:
             error_type="budget_price_unknown",
         )
 
+    async def _still_held(self, admission: Admission, applied: Sequence[AppliedBudget]) -> bool:
+        """Before refusing without a reservation: count the pending counters first (a trip wins, as
+        when the breaker counted before the budgets ran). If the store did not answer them
+        (fail_open), the session limit they guard is gone, and with no budget left there is nothing
+        to hold, hence nothing to refuse."""
+        await counters.count_pending(self._store, admission)
+        return bool(applied or admission.extra_limits)
+
     async def _maybe_downgrade(self, admission: Admission, applied: Sequence[AppliedBudget]) -> None:
+        # A round trip of its own (the usage read) anyway: count the pending counters first, so a
+        # trip refuses before anything is downgraded, as when the breaker counted first.
+        await counters.count_pending(self._store, admission)
         candidates = [a for a in applied if a.budget.action == "downgrade"]
         try:
             usages = await self._store.usage([a.to_limit() for a in candidates])
@@ -309,14 +352,13 @@ class BudgetStage:
             self._outage.settle(call_id, spent, recorded=False)
             await self._flush_pending()
             return
-        for index, operation in enumerate(operations):
-            try:
-                await self._run(operation)
-            except StoreError as exc:
-                self._store_failed(operation[0], exc)
-                self._pending.extend(operations[index:])
-                self._outage.settle(call_id, spent, recorded=False)
-                return
+        try:
+            await self._run_many(operations)  # one round trip: commit and release in one script
+        except StoreError as exc:
+            self._store_failed(operations[0][0], exc)
+            self._pending.extend(operations)  # nothing of it happened (atomic), or a replay changes nothing
+            self._outage.settle(call_id, spent, recorded=False)
+            return
         self._outage.settle(call_id, spent, recorded=True)
         if outcome.kind == "success":
             applied = self.policy.applicable(outcome.context, self._runtime)
@@ -342,28 +384,38 @@ class BudgetStage:
             for name in names:
                 self._metrics.overran(name, spent - held)
 
-    async def _run(self, operation: _Operation) -> None:
-        kind, call_id, amount, limits = operation
-        if kind == "commit":
-            await self._store.commit(call_id, amount, limits)
-        else:
-            await self._store.release(call_id)
+    async def _run_many(self, operations: Sequence[_Operation]) -> int:
+        """Run the first operation, with the next one when they are a call's commit and release (one
+        ``commit_and_release``); how many operations ran. A release always carries the limits
+        reserved (one script, no read of the reservation); a lone commit is a ``commit``."""
+        kind, call_id, amount, limits = operations[0]
+        if kind == "release":
+            await self._store.commit_and_release(call_id, None, limits)
+            return 1
+        following = operations[1] if len(operations) > 1 else None
+        if following is not None and following[:2] == ("release", call_id) and following[3] == limits:
+            await self._store.commit_and_release(call_id, amount, limits)
+            return 2
+        await self._store.commit(call_id, amount, limits)
+        return 1
 
     async def _flush_pending(self) -> None:
-        """Replay queued commits and releases in order, one flusher at a time; stop at a store error."""
+        """Replay queued commits and releases in order (a call's commit and release as one script),
+        one flusher at a time; stop at a store error."""
         if not self._pending or self._flushing.locked():
             return
         async with self._flushing:
             while self._pending:
                 try:
-                    await self._run(self._pending[0])
+                    ran = await self._run_many([self._pending[i] for i in range(min(2, len(self._pending)))])
                 except StoreError as exc:
                     self._store_failed("replay", exc)
                     while len(self._pending) > MAX_PENDING:
                         dropped = self._pending.popleft()
                         log.error("costkit: outage queue full, dropping %s of %s", dropped[0], dropped[1])
                     return
-                self._pending.popleft()
+                for _ in range(ran):
+                    self._pending.popleft()
             log.warning("costkit: store is back; replayed the spend recorded during the outage")
 
     async def flush(self) -> int:

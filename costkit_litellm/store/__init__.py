@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from costkit_litellm.store.base import (
+    Counter,
+    FinishResult,
     LedgerEntry,
     Limit,
     LimitUsage,
     ReserveResult,
     Store,
     StoreError,
+    first_tripped,
 )
 from costkit_litellm.store.factory import store_from_url
 from costkit_litellm.store.memory import MemoryStore
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from costkit_litellm.store.redis import RedisStore
 
 __all__ = [
+    "Counter",
+    "FinishResult",
     "LedgerEntry",
     "Limit",
     "LimitUsage",
@@ -31,6 +36,7 @@ __all__ = [
     "ReserveResult",
     "Store",
     "StoreError",
+    "first_tripped",
     "store_from_url",
 ]
 

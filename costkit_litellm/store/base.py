@@ -42,7 +42,14 @@ Vocabulary:
 - ``usage`` reads limits (by ``Limit`` or plain key); ``list_limits`` finds every live limit
   under a key prefix (operators' ``costkit budgets show``; not for the hot path).
 - A *counter* (``incr``/``get``) is a plain integer with an optional expiry, fixed at creation or
-  (``extend=True``) pushed back by every increment: an inactivity timeout.
+  (``extend=True``) pushed back by every increment: an inactivity timeout. ``reserve`` also takes
+  ``counters`` (``Counter``) to increment in the same round trip, *before* anything is reserved:
+  each is incremented whatever happens next, and one whose new value is above its ``trip_above``
+  *trips*: the reservation is refused (``ReserveResult.tripped``) and nothing is held. ``count``
+  increments counters alone (a request with counters and no limit).
+- ``commit_and_release`` is the after-call step in one round trip: ``commit`` (idempotent by the
+  call id's commit marker) then ``release`` (idempotent by its finished marker), atomic on a
+  standalone server.
 - A *settings map* (``map_set``/``map_get_all``/``map_delete``) is a small named string map for
   runtime configuration that every replica reads (e.g. budget overrides set by the CLI).
 """
@@ -126,6 +133,30 @@ class LimitUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class Counter:
+    """A counter to increment with a reservation (``reserve(counters=...)``) or alone (``count``)."""
+
+    key: str
+    """Store key of the counter, without the store's prefix (the key ``incr`` and ``get`` take)."""
+    ttl_s: float | None = None
+    """Expiry set when the increment creates the counter (or, with ``extend``, by every increment)."""
+    extend: bool = False
+    """Push the expiry to ``ttl_s`` after every increment (an inactivity timeout), as ``incr`` does."""
+    amount: int = 1
+    """What to add."""
+    trip_above: int | None = None
+    """The counter *trips* when its new value is above this (``reserve`` then holds nothing); None: never."""
+
+
+def first_tripped(counters: Sequence[Counter], values: Sequence[int]) -> int | None:
+    """The index of the first counter whose new value is above its ``trip_above``, None when none is."""
+    for index, (counter, value) in enumerate(zip(counters, values, strict=True)):
+        if counter.trip_above is not None and value > counter.trip_above:
+            return index
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class ReserveResult:
     """The answer to ``reserve``: admitted, or the first limit that would be exceeded."""
 
@@ -141,6 +172,22 @@ class ReserveResult:
     """On success: the usage of every limit, in the order given, *after* this hold (its amount is
     in ``reserved``). Empty on refusal. On Redis Cluster each entry is read when that limit was
     held (limits live in different slots), so concurrent calls may have moved the earlier ones."""
+    counts: tuple[int, ...] = ()
+    """The value of every counter given to ``reserve`` after its increment, in order (also on a refusal,
+    a collision or a trip: counters are incremented first, whatever happens next)."""
+    tripped: int | None = None
+    """On refusal: the index of the first counter above its ``trip_above``; no limit was checked and
+    nothing is held."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    """The answer to ``commit_and_release``."""
+
+    committed: bool
+    """The amount was charged now (False: no amount given, or this call id was already committed)."""
+    released: bool
+    """A hold was released now (False: unknown call id, or already settled or released)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +226,22 @@ class Store(Protocol):
         """A counter's value, 0 when absent or expired."""
 
     # --- reservations -------------------------------------------------------------------
-    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
+    async def reserve(
+        self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float, counters: Sequence[Counter] = ()
+    ) -> ReserveResult:
         """Hold ``amount`` against every limit, all or nothing, for ``lease_s`` seconds.
 
-        Admitted: ``ok`` with ``usages`` (every limit after the hold). Refused: ``denied`` and
-        ``denied_cap`` name the first limit in the given order that would pass its cap, and
-        nothing is held anywhere. An id the store already knows (live, expired or finished) is
-        refused with ``collision`` and nothing is held."""
+        ``counters`` are incremented first, in the same round trip and whatever happens next
+        (``counts``); the first one above its ``trip_above`` refuses with ``tripped`` before any
+        limit or the call id is checked, and nothing is held. Admitted: ``ok`` with ``usages``
+        (every limit after the hold). Refused: ``denied`` and ``denied_cap`` name the first limit
+        in the given order that would pass its cap, and nothing is held anywhere. An id the store
+        already knows (live, expired or finished) is refused with ``collision`` and nothing is held.
+        On Redis Cluster the counters are incremented one by one before the limits are held."""
+
+    async def count(self, counters: Sequence[Counter]) -> list[int]:
+        """Increment every counter (as ``incr`` does) in one round trip where the store can; their
+        new values in order. Trips are the caller's to judge (``first_tripped``)."""
 
     async def renew(self, call_id: str, lease_s: float) -> bool:
         """Push a live lease's expiry to ``lease_s`` from now (a long stream); False when the id is
@@ -200,6 +256,14 @@ class Store(Protocol):
 
     async def commit(self, call_id: str, amount: int, limits: Sequence[Limit]) -> bool:
         """Charge ``amount`` with no reservation, idempotent by ``call_id``; caps not checked."""
+
+    async def commit_and_release(self, call_id: str, amount: int | None, limits: Sequence[Limit]) -> FinishResult:
+        """``commit(call_id, amount, limits)`` (skipped when ``amount`` is None), then ``release(call_id)``:
+        one round trip, atomic on a standalone server (on a cluster: the two calls in turn).
+
+        ``limits`` are the limits the call was reserved against (the caller knows them), so the
+        store need not read the reservation first; if the reservation holds other limits, the
+        release still drops the hold on the limits it really holds."""
 
     async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
         """Committed and live-reserved amounts of each limit, in order (zeros when unknown).

@@ -5,6 +5,11 @@ without interleaving: that is the whole concurrency story (no locks needed). Tim
 injectable ``clock``; expired leases, keys, claims and markers are dropped lazily when touched,
 plus an amortised sweep so abandoned entries cannot grow without bound. No I/O.
 
+The combined operations (``reserve`` with counters, ``count``, ``commit_and_release``) are built
+from the public single operations (``incr``, ``commit``, ``release``): none of them suspends, so
+the combination is as atomic as one Redis script, and a subclass that overrides a single operation
+(a test's outage switch) sees it used by the combined one too.
+
 The semantics mirror ``RedisStore`` exactly; ``tests/integration/test_store_contract.py`` runs
 one suite over both.
 """
@@ -17,7 +22,17 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from costkit_litellm.store.base import LedgerEntry, Limit, LimitUsage, ReserveResult, as_limits, check_limits
+from costkit_litellm.store.base import (
+    Counter,
+    FinishResult,
+    LedgerEntry,
+    Limit,
+    LimitUsage,
+    ReserveResult,
+    as_limits,
+    check_limits,
+    first_tripped,
+)
 
 DEFAULT_RESERVATION_GRACE_S = 86_400.0
 """How long a reservation record and a done-marker outlive the lease (late settles still count)."""
@@ -111,19 +126,26 @@ class MemoryStore:
         return 0 if current is None else current[0]
 
     # --- reservations -------------------------------------------------------------------
-    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
-        """Hold ``amount`` on every limit or on none; an id already known is refused (``collision``)."""
+    async def reserve(
+        self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float, counters: Sequence[Counter] = ()
+    ) -> ReserveResult:
+        """Increment the counters, then hold ``amount`` on every limit or on none (none when a counter
+        trips); an id already known is refused (``collision``)."""
         _check_amount(amount)
         check_limits(limits)
+        counts = tuple(await self.count(counters))
+        tripped = first_tripped(counters, counts)
+        if tripped is not None:
+            return ReserveResult(ok=False, counts=counts, tripped=tripped)
         now = self._tick()
         if self._is_done(call_id, now) or self._reservation(call_id, now) is not None:
-            return ReserveResult(ok=False, collision=True)
+            return ReserveResult(ok=False, collision=True, counts=counts)
         states = [self._limit(limit.key, now, limit) for limit in limits]
         for limit, state in zip(limits, states, strict=True):
             committed, reserved = (0, 0) if state is None else (state.committed, state.reserved)
             if committed + reserved + amount > limit.cap:
                 usage = LimitUsage(limit.key, committed, reserved)
-                return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap)
+                return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap, counts=counts)
         lease_until = now + lease_s
         for limit in limits:
             state = self._limit_for_write(limit, now)
@@ -136,7 +158,11 @@ class MemoryStore:
             lease_until=lease_until,
             record_until=lease_until + self._grace_s,
         )
-        return ReserveResult(ok=True, usages=self._usages(limits, now))
+        return ReserveResult(ok=True, usages=self._usages(limits, now), counts=counts)
+
+    async def count(self, counters: Sequence[Counter]) -> list[int]:
+        """``incr`` every counter, in order; their new values."""
+        return [await self.incr(c.key, c.amount, ttl_s=c.ttl_s, extend=c.extend) for c in counters]
 
     async def settle(self, call_id: str, actual: int) -> bool:
         """Commit ``actual`` on the reservation's limits, once."""
@@ -177,6 +203,11 @@ class MemoryStore:
         for limit in limits:
             self._add_committed(limit, amount, now)
         return True
+
+    async def commit_and_release(self, call_id: str, amount: int | None, limits: Sequence[Limit]) -> FinishResult:
+        """``commit`` (unless ``amount`` is None) then ``release``, with no suspension in between."""
+        committed = False if amount is None else await self.commit(call_id, amount, limits)
+        return FinishResult(committed=committed, released=await self.release(call_id))
 
     async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
         """Committed and live-reserved amount of each limit (a plain key: as stored)."""

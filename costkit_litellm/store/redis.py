@@ -19,10 +19,17 @@ Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster
     P:n:K        hash   counter (v = value, x = end in ms);  P:claim:T  claim token
     P:map:N      hash   settings map N (plain HSET / HDEL / HGETALL)
 
-Standalone: reserve, settle and release are each one script over every key involved (all or
-nothing). Cluster: a limit's keys share a slot but a call's limits do not, so ``reserve`` holds
-limit by limit and rolls back the earlier holds when a later one refuses; spend still can never
-pass a cap (contention can only cause spurious refusals).
+Standalone: reserve (with its counters), settle, release, count and commit_and_release are each
+one script over every key involved (all or nothing): a budgeted request is one round trip before
+the call and one after. ``commit_and_release`` takes the limits the caller reserved and only reads
+the reservation record when its spec differs (a record written by an older version). Cluster: a
+limit's keys share a slot but a call's limits do not, so ``reserve`` increments its counters one
+by one, then holds limit by limit and rolls back the earlier holds when a later one refuses; spend
+still can never pass a cap (contention can only cause spurious refusals); ``commit_and_release``
+is ``commit`` then ``release``.
+
+The scripts read each limit's state once (``refresh``) and skip rewriting a window end it already
+holds; commands are packed with hiredis when it is installed (``_hiredis_packing``).
 
 Rolling limits keep their buckets in their own hash; buckets that left the window are dropped
 lazily by the scripts, and every write keeps the three keys alive for max(2 x window, lease).
@@ -39,17 +46,21 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+import redis.utils
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from costkit_litellm.redact import mask_url
 from costkit_litellm.store import resp
 from costkit_litellm.store.base import (
+    Counter,
+    FinishResult,
     LedgerEntry,
     Limit,
     LimitUsage,
@@ -57,12 +68,15 @@ from costkit_litellm.store.base import (
     StoreError,
     as_limits,
     check_limits,
+    first_tripped,
 )
 from costkit_litellm.store.memory import DEFAULT_LEDGER_DEDUPE_S, DEFAULT_RESERVATION_GRACE_S
 
 _SCRIPTS: Final = (
     "reserve",
     "finish",
+    "commit_release",
+    "count",
     "close_record",
     "record_state",
     "renew",
@@ -150,6 +164,8 @@ class RedisStore:
                 await self._client.initialize()
             else:
                 self._client = aioredis.from_url(self._url, **options)
+                pool = self._client.connection_pool
+                pool.connection_class = _hiredis_packing(pool.connection_class)
             await self._client.ping()
             if not self._cluster and resp.supported(self._url):
                 self._fast = resp.PipelinedConnection(self._url, self._timeout)
@@ -188,34 +204,72 @@ class RedisStore:
         """A counter's value, 0 when absent or expired."""
         return int(await self._eval("get", [self._key("n", key)], [self._now()]))
 
+    async def count(self, counters: Sequence[Counter]) -> list[int]:
+        """Increment every counter: one script on a standalone server, one ``incr`` each on a cluster
+        (counters live in different slots)."""
+        if not counters:
+            return []
+        if self._cluster:
+            return [await self.incr(c.key, c.amount, c.ttl_s, c.extend) for c in counters]
+        keys = [self._key("n", c.key) for c in counters]
+        args = [self._now()]
+        for c in counters:
+            args += [str(c.amount), "" if c.ttl_s is None else _ms(c.ttl_s), "1" if c.extend else "0"]
+        return [int(v) for v in await self._eval("count", keys, args)]
+
     # --- reservations -------------------------------------------------------------------
-    async def reserve(self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float) -> ReserveResult:
-        """Hold ``amount`` on every limit or on none; an id already known is refused (``collision``)."""
+    async def reserve(
+        self, call_id: str, amount: int, limits: Sequence[Limit], lease_s: float, counters: Sequence[Counter] = ()
+    ) -> ReserveResult:
+        """Increment the counters, then hold ``amount`` on every limit or on none (none when a counter
+        trips); an id already known is refused (``collision``). Standalone: one script."""
         _check_amount(amount)
         check_limits(limits)
         spec = _spec(limits)
         record = self._record_keys(call_id)
         head = [call_id, str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
         if not self._cluster:
-            keys = record + [k for limit in limits for k in self._limit_keys(limit.key)]
-            args = [self._now(), "1", *head] + [v for limit in limits for v in _cap_args(limit)]
+            keys = record + [self._key("n", c.key) for c in counters]
+            keys += [k for limit in limits for k in self._limit_keys(limit.key)]
+            args = [self._now(), "1", *head, str(len(counters))]
+            for c in counters:
+                args += _counter_args(c)
+            args += [v for limit in limits for v in _cap_args(limit)]
             reply = await self._eval("reserve", keys, args)
-            return _reserve_result(reply, limits)
-        # Cluster: claim the id with its record first (one slot), then hold limit by limit.
+            return _reserve_result(reply, limits, len(counters))
+        # Cluster: counters one by one (other slots), then claim the id with its record (one slot),
+        # then hold limit by limit.
+        counts = tuple(await self.count(counters))
+        tripped = first_tripped(counters, counts)
+        if tripped is not None:
+            return ReserveResult(ok=False, counts=counts, tripped=tripped)
+        result = await self._reserve_on_cluster(call_id, amount, limits, lease_s, record, head, spec)
+        return replace(result, counts=counts)
+
+    async def _reserve_on_cluster(
+        self,
+        call_id: str,
+        amount: int,
+        limits: Sequence[Limit],
+        lease_s: float,
+        record: list[str],
+        head: list[str],
+        spec: str,
+    ) -> ReserveResult:
         claim_args = [self._now(), str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
         if int(await self._eval("record_state", record, claim_args)) == 3:
             return ReserveResult(ok=False, collision=True)
         held: list[Limit] = []
         usages: list[LimitUsage] = []
         for limit in limits:
-            args = [self._now(), "0", *head, *_cap_args(limit)]
+            args = [self._now(), "0", *head, "0", *_cap_args(limit)]
             reply = await self._eval("reserve", self._limit_keys(limit.key), args)
             if int(reply[0]) != 1:
                 for earlier in held:
                     keys = self._limit_keys(earlier.key)
                     await self._eval("unhold", keys, [self._now(), call_id])
                 await self._call("DEL", record[0])
-                return _reserve_result(reply, [limit])
+                return _reserve_result(reply, [limit], 0)
             held.append(limit)
             usages.append(LimitUsage(limit.key, int(reply[1]), int(reply[2])))
         return ReserveResult(ok=True, usages=tuple(usages))
@@ -268,6 +322,36 @@ class RedisStore:
             args = [self._now(), "0", str(amount), ttl, *_window_args(limit)]
             await self._eval("commit", self._limit_keys(limit.key), args)
         return True
+
+    async def commit_and_release(self, call_id: str, amount: int | None, limits: Sequence[Limit]) -> FinishResult:
+        """``commit`` (unless ``amount`` is None) and ``release`` in one script on a standalone server.
+
+        ``limits`` are taken to be the reservation's: the script compares their spec with the
+        record's and only when they differ (a record written by another version, or for other
+        limits) is the record read and the script run again with the limits it holds. A cluster
+        runs ``commit`` then ``release`` (the marker, the record and the limits are in other slots)."""
+        if amount is not None:
+            _check_amount(amount)
+        check_limits(limits)
+        if self._cluster:
+            committed = False if amount is None else await self.commit(call_id, amount, limits)
+            return FinishResult(committed=committed, released=await self.release(call_id))
+        keys = [*self._record_keys(call_id), f"{self._prefix}:{{commit:{call_id}}}"]
+        head = [self._now(), call_id, "" if amount is None else str(amount), str(self._grace_ms)]
+        both = [k for limit in limits for k in self._limit_keys(limit.key)]
+        reply = await self._eval("commit_release", keys + both, [*head, _spec(limits), *_role_args("b", limits)])
+        for _ in range(3):  # the record holds other limits: release those, commit on the given ones
+            if int(reply[0]) >= 0:
+                return FinishResult(committed=int(reply[0]) == 1, released=int(reply[1]) == 1)
+            spec = await self._call("HGET", keys[0], "limits")
+            held = [(key, windows) for key, *windows in _parse_spec(spec or "")]
+            args = [*head, spec or "", *_role_args("c", limits)]
+            args += [v for _, windows in held for v in ("r", *windows)]
+            redis_keys = keys + both + [k for key, _ in held for k in self._limit_keys(key)]
+            reply = await self._eval("commit_release", redis_keys, args)
+        if int(reply[0]) >= 0:
+            return FinishResult(committed=int(reply[0]) == 1, released=int(reply[1]) == 1)
+        raise StoreError(f"reservation {call_id!r} kept changing during commit_and_release")
 
     async def usage(self, limits: Sequence[Limit | str]) -> list[LimitUsage]:
         """Committed and live-reserved amount of each limit (a plain key: as stored)."""
@@ -474,6 +558,27 @@ class RedisStore:
             raise StoreError(f"Redis {command[0]} failed: {exc}") from exc
 
 
+def _hiredis_packing(connection_class: Any) -> Any:
+    """``connection_class`` packing commands with hiredis (C) when it is installed, as redis-py's sync
+    client does: its asyncio client packs in Python, a sizeable share of a script call's client CPU
+    (the scripts take some thirty arguments)."""
+    if not redis.utils.HIREDIS_AVAILABLE:
+        return connection_class
+    import hiredis
+
+    class HiredisPacking(connection_class):  # type: ignore[misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str) and " " in args[0]:  # a command name of two words: as redis-py
+                args = tuple(args[0].split()) + args[1:]
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:  # an argument hiredis does not take: redis-py's own packing
+                return cast(list[bytes], super().pack_command(*args))
+
+    HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{connection_class.__name__}"
+    return HiredisPacking
+
+
 def _check_amount(amount: int) -> None:
     if amount < 0:
         raise ValueError(f"amount must be >= 0, got {amount}")
@@ -491,6 +596,18 @@ def _window_args(limit: Limit) -> list[str]:
 
 def _cap_args(limit: Limit) -> list[str]:
     return [str(limit.cap), *_window_args(limit)]
+
+
+def _role_args(role: str, limits: Sequence[Limit]) -> list[str]:
+    """``commit_release``'s per-limit arguments: ``[role, window_end_ms, rolling_window_ms, bucket_ms]`` each."""
+    return [v for limit in limits for v in (role, *_window_args(limit))]
+
+
+def _counter_args(counter: Counter) -> list[str]:
+    """``[amount, ttl_ms|'', extend, trip_above|'']`` of a counter, as ``reserve`` takes them."""
+    ttl = "" if counter.ttl_s is None else _ms(counter.ttl_s)
+    above = "" if counter.trip_above is None else str(counter.trip_above)
+    return [str(counter.amount), ttl, "1" if counter.extend else "0", above]
 
 
 def _spec(limits: Sequence[Limit]) -> str:
@@ -514,14 +631,19 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
-def _reserve_result(reply: list[Any], limits: Sequence[Limit]) -> ReserveResult:
-    if int(reply[0]) == 3:
-        return ReserveResult(ok=False, collision=True)
-    if int(reply[0]) != 0:
+def _reserve_result(reply: list[Any], limits: Sequence[Limit], counters: int) -> ReserveResult:
+    """``reserve.lua``'s reply (the last ``counters`` entries are the counters' values)."""
+    counts = tuple(int(v) for v in reply[len(reply) - counters :])
+    status = int(reply[0])
+    if status == 4:
+        return ReserveResult(ok=False, counts=counts, tripped=int(reply[1]) - 1)
+    if status == 3:
+        return ReserveResult(ok=False, collision=True, counts=counts)
+    if status != 0:
         usages = tuple(
             LimitUsage(limit.key, int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, limit in enumerate(limits)
         )
-        return ReserveResult(ok=True, usages=usages)
+        return ReserveResult(ok=True, usages=usages, counts=counts)
     limit = limits[int(reply[1]) - 1]
     usage = LimitUsage(limit.key, int(reply[2]), int(reply[3]))
-    return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap)
+    return ReserveResult(ok=False, denied=usage, denied_cap=limit.cap, counts=counts)

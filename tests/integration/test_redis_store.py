@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from costkit_litellm.redact import mask_url
-from costkit_litellm.store import Limit, RedisStore, StoreError
+from costkit_litellm.store import FinishResult, Limit, RedisStore, StoreError
 from costkit_litellm.testing.ports import free_port
 from costkit_litellm.testing.redis_server import RedisServer, _Resp
 
@@ -167,6 +167,28 @@ class TestKeys:
         assert await store.settle("a", 40)
         assert (await store.usage(["x"]))[0] == (await store.usage([Limit("x", 0)]))[0]
         assert (await store.usage(["x"]))[0].committed == 40
+
+    async def test_reservation_recorded_before_rolling_windows_commits_and_releases(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """``commit_and_release`` of a record with the old ``[key, window_end]`` spec (it differs from the
+        caller's) reads the record and releases the real hold, once."""
+        store = await make_redis_store()
+        await store.reserve("a", 50, [Limit("x", 100)], 30)
+        raw(redis_server, "HSET", f"{key_prefix}:{{call:a}}:r", "limits", '[["x", "0"]]')
+        assert await store.commit_and_release("a", 40, [Limit("x", 100)]) == FinishResult(True, True)
+        assert await store.commit_and_release("a", 40, [Limit("x", 100)]) == FinishResult(False, False)
+        assert (await store.usage(["x"]))[0].committed == 40 and (await store.usage(["x"]))[0].reserved == 0
+
+    async def test_commands_packed_by_hiredis_carry_any_text(self, make_redis_store):
+        """With hiredis installed, commands are packed by it and text round-trips exactly (UTF-8, spaces)."""
+        store = await make_redis_store()
+        import redis.utils
+
+        pool_class = store._conn().connection_pool.connection_class
+        assert pool_class.__name__.startswith("HiredisPacking") == redis.utils.HIREDIS_AVAILABLE
+        await store.map_set("m", "clé d'été", "värde 値 with spaces")
+        assert await store.map_get_all("m") == {"clé d'été": "värde 値 with spaces"}
 
     async def test_settings_map_is_one_hash_under_the_prefix(self, make_redis_store, redis_server, key_prefix):
         """``map_set`` writes a plain hash ``<prefix>:map:<name>`` other tools can read."""

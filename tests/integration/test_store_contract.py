@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from costkit_litellm.store import Limit, LimitUsage, Store
+from costkit_litellm.store import Counter, FinishResult, Limit, LimitUsage, Store
 
 pytestmark = pytest.mark.redis
 
@@ -269,6 +269,128 @@ class TestSettleAndRelease:
         with pytest.raises(ValueError):
             await store.commit("c", -999_999_980, [Limit("x", 10)])
         assert await usage_of(store, "x") == (0, 1)
+
+
+class TestReserveWithCounters:
+    async def test_counters_are_incremented_with_the_hold(self, store):
+        """``reserve`` with counters increments each (as ``incr``), answers their values and holds as without them."""
+        await store.incr("steps", 4)
+        counters = [Counter("steps"), Counter("repeats", amount=2)]
+        result = await store.reserve("a", 300, [Limit("x", 1000)], LEASE_S, counters=counters)
+        assert result.ok and result.counts == (5, 2) and result.tripped is None
+        assert result.usages == (LimitUsage("x", 0, 300),)
+        assert (await store.get("steps"), await store.get("repeats")) == (5, 2)
+
+    async def test_a_counter_above_its_threshold_trips_and_holds_nothing(self, store):
+        """The first counter above ``trip_above`` refuses with its index; every counter is counted, nothing held."""
+        counters = [Counter("steps", trip_above=1), Counter("repeats", trip_above=0)]
+        assert (await store.reserve("a", 100, [Limit("x", 1000)], LEASE_S, counters=counters)).tripped == 1
+        result = await store.reserve("b", 100, [Limit("x", 1000)], LEASE_S, counters=counters)
+        assert not result.ok and result.tripped == 0 and result.counts == (2, 2)
+        assert result.denied is None and not result.collision and result.usages == ()
+        assert await usage_of(store, "x") == (0, 0)
+        again = await store.reserve("b", 100, [Limit("x", 1000)], LEASE_S)  # the id was not taken
+        assert again.ok and again.counts == ()
+
+    async def test_counters_count_before_a_refusal_or_a_collision(self, store):
+        """Counters are incremented even when a limit refuses or the id is already known."""
+        counter = [Counter("steps")]
+        assert (await store.reserve("a", 600, [Limit("x", 1000)], LEASE_S, counters=counter)).ok
+        refused = await store.reserve("b", 600, [Limit("x", 1000)], LEASE_S, counters=counter)
+        assert not refused.ok and refused.denied == LimitUsage("x", 0, 600) and refused.counts == (2,)
+        collision = await store.reserve("a", 1, [Limit("x", 1000)], LEASE_S, counters=counter)
+        assert collision.collision and collision.counts == (3,)
+        assert await store.get("steps") == 3 and await usage_of(store, "x") == (0, 600)
+
+    async def test_counter_expiry_is_as_incr(self, store, fake_clock):
+        """A counter's ttl is set at creation, pushed back with ``extend``, and an expired one starts again."""
+        fixed, sliding = Counter("fixed", ttl_s=10), Counter("sliding", ttl_s=10, extend=True)
+        await store.reserve("a", 0, [], LEASE_S, counters=[fixed, sliding])
+        fake_clock.advance(6)
+        assert (await store.reserve("b", 0, [], LEASE_S, counters=[fixed, sliding])).counts == (2, 2)
+        fake_clock.advance(6)
+        assert (await store.reserve("c", 0, [], LEASE_S, counters=[fixed, sliding])).counts == (1, 3)
+        fake_clock.advance(5)
+        assert await store.count([fixed, sliding]) == [2, 4]
+        fake_clock.advance(11)
+        assert await store.count([fixed, sliding]) == [1, 1]
+
+    async def test_count_increments_alone(self, store):
+        """``count`` increments every counter and answers the new values in order; no counters, no values."""
+        assert await store.count([Counter("a"), Counter("b", amount=5), Counter("a")]) == [1, 5, 2]
+        assert await store.count([]) == []
+        assert (await store.get("a"), await store.get("b")) == (2, 5)
+
+
+class TestCommitAndRelease:
+    async def test_commits_the_actual_cost_and_frees_the_hold(self, store):
+        """After a reservation, one call commits the amount on every limit and releases the whole hold."""
+        limits = [Limit("x", 5000), Limit("y", 5000, window_s=600)]
+        await store.reserve("a", 1000, limits, LEASE_S)
+        assert await store.commit_and_release("a", 250, limits) == FinishResult(committed=True, released=True)
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 250, 0), LimitUsage("y", 250, 0)]
+
+    async def test_a_repeat_changes_nothing(self, store):
+        """The same call again (a duplicate callback or a replay) charges and frees nothing more."""
+        await store.reserve("a", 1000, [Limit("x", 5000)], LEASE_S)
+        await store.reserve("b", 100, [Limit("x", 5000)], LEASE_S)
+        await store.commit_and_release("a", 250, [Limit("x", 5000)])
+        assert await store.commit_and_release("a", 250, [Limit("x", 5000)]) == FinishResult(False, False)
+        assert await store.commit_and_release("a", None, [Limit("x", 5000)]) == FinishResult(False, False)
+        assert await usage_of(store, "x") == (250, 100)
+
+    async def test_without_an_amount_it_only_releases(self, store):
+        """``amount=None`` is a release: the hold is freed and nothing is committed."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        assert await store.commit_and_release("a", None, [Limit("x", 1000)]) == FinishResult(False, True)
+        assert await usage_of(store, "x") == (0, 0)
+        assert not await store.release("a")
+
+    async def test_without_a_reservation_it_commits(self, store):
+        """A call never reserved (admitted during an outage) is still charged, once; there is nothing to release."""
+        assert await store.commit_and_release("a", 300, [Limit("x", 100)]) == FinishResult(True, False)
+        assert await store.commit_and_release("a", 300, [Limit("x", 100)]) == FinishResult(False, False)
+        assert await usage_of(store, "x") == (300, 0)
+
+    async def test_mixes_with_commit_and_release_by_call_id(self, store):
+        """It shares the commit and finished markers of ``commit`` and ``release``: each half happens once per id."""
+        await store.reserve("a", 500, [Limit("x", 1000)], LEASE_S)
+        assert await store.commit("a", 100, [Limit("x", 1000)])
+        assert await store.commit_and_release("a", 100, [Limit("x", 1000)]) == FinishResult(False, True)
+        await store.reserve("b", 500, [Limit("y", 1000)], LEASE_S)
+        assert await store.release("b")
+        assert await store.commit_and_release("b", 70, [Limit("y", 1000)]) == FinishResult(True, False)
+        assert not await store.commit("b", 70, [Limit("y", 1000)])
+        assert await store.usage(["x", "y"]) == [LimitUsage("x", 100, 0), LimitUsage("y", 70, 0)]
+
+    @pytest.mark.parametrize("window_s", [None, 600.0])
+    async def test_an_expired_hold_ends_as_commit_then_release(self, store, fake_clock, window_s):
+        """After the lease expired (counted as spent), the result equals ``commit`` then ``release``: the
+        expired hold is corrected away and the actual cost stays."""
+        align(fake_clock, 60, 1)
+        for call_id, key in (("a", "x"), ("b", "y")):
+            await store.reserve(call_id, 800, [Limit(key, 1000, window_s=window_s)], LEASE_S)
+        fake_clock.advance(LEASE_S + 1)
+        await store.reserve("c", 100, [Limit("x", 1000, window_s=window_s)], LEASE_S)
+        await store.reserve("d", 100, [Limit("y", 1000, window_s=window_s)], LEASE_S)
+        assert await store.commit_and_release("a", 300, [Limit("x", 1000, window_s=window_s)]) == FinishResult(
+            True, True
+        )
+        await store.commit("b", 300, [Limit("y", 1000, window_s=window_s)])
+        await store.release("b")
+        [x, y] = await store.usage([Limit("x", 0, window_s=window_s), Limit("y", 0, window_s=window_s)])
+        assert (x.committed, x.reserved) == (y.committed, y.reserved) == (300, 100)
+
+    async def test_limits_other_than_the_reservations_release_the_real_hold(self, store):
+        """Given limits that differ from the reservation's, the commit goes on the given ones and the release
+        frees the hold where it really is."""
+        await store.reserve("a", 500, [Limit("x", 1000), Limit("y", 1000)], LEASE_S)
+        assert await store.commit_and_release("a", 40, [Limit("x", 1000), Limit("z", 1000)]) == FinishResult(True, True)
+        assert await store.usage(["x", "y", "z"]) == [
+            LimitUsage("x", 40, 0),
+            LimitUsage("y", 0, 0),
+            LimitUsage("z", 40, 0),
+        ]
 
 
 class TestCommit:

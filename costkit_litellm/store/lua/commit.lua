@@ -16,7 +16,7 @@ end
 local n = (#KEYS - first + 1) / 3
 for i = 0, n - 1 do
   local s, l, a = KEYS[first + 3 * i], KEYS[first + 3 * i + 1], KEYS[first + 3 * i + 2]
-  local w, bl = refresh(s, l, a, now, tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i]))
-  add_committed(s, l, a, ARGV[3], tonumber(ARGV[5 + 3 * i]), now, w, bl)
+  local w, bl, x = refresh(s, l, a, now, tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i]))
+  add_committed(s, l, a, ARGV[3], tonumber(ARGV[5 + 3 * i]), now, w, bl, x)
 end
 return 1

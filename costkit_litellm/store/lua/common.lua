@@ -28,19 +28,28 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Add amount to a counter (hash: v = value, x = end in ms) and return its new value; the ttl (ms,
+-- '' = none) is set on creation, and on every increment when extend is '1' (an inactivity timeout).
+-- A counter past its end starts again.
+local function incr_counter(key, now, amount, ttl, extend)
+  local v = redis.call('HMGET', key, 'x', 'v')  -- a live counter always has v
+  local x = tonumber(v[1] or '0')
+  local created = not v[2]
+  if x > 0 and now >= x then
+    redis.call('DEL', key)
+    created = true
+  end
+  local value = redis.call('HINCRBY', key, 'v', amount)
+  if ttl ~= '' and (created or extend == '1') then
+    redis.call('HSET', key, 'x', int(now + tonumber(ttl)))
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return value
+end
+
 -- Committed and reserved of a (refreshed) limit, as numbers.
 local function usage_of(s)
   local v = redis.call('HMGET', s, 'c', 'r')
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
-end
-
--- A limit's rolling window (w, bl) in ms: the caller's when given (w > 0), else the stored
--- one, else (0, 0) = not rolling.
-local function rolling_of(s, w, bl)
-  if w ~= nil and w > 0 then
-    return w, bl
-  end
-  local v = redis.call('HMGET', s, 'w', 'bl')
   return tonumber(v[1] or '0'), tonumber(v[2] or '0')
 end
 
@@ -49,7 +58,7 @@ local function drop_buckets(s, w, bl, now)
   local lo = redis.call('HGET', s, 'lo')
   local keep = math.floor((now - w) / bl)
   if not lo or tonumber(lo) >= keep then
-    return
+    return false
   end
   local all = redis.call('HGETALL', s)
   local gone, total, newlo = {}, 0, nil
@@ -74,6 +83,7 @@ local function drop_buckets(s, w, bl, now)
   else
     redis.call('HDEL', s, 'lo')
   end
+  return true
 end
 
 -- Count spend in a rolling limit's bucket j (and in c).
@@ -91,15 +101,21 @@ end
 -- a rolling limit counts each in the bucket of its expiry and drops old buckets, and the whole
 -- limit once nothing is committed in its window nor held. An expired lease leaves a marker
 -- A['e:' .. call_id] = '<amount>:<bucket or -1>' so a late settle or release can correct it.
--- w, bl: the caller's rolling window (nil or 0 = use the stored one). Returns the rolling
--- window in force (0, 0 when none).
+-- w, bl: the caller's rolling window (nil or 0 = use the stored one, else (0, 0) = not rolling).
+-- Returns the rolling window in force (0, 0 when none), the stored window end x (0: none, or
+-- the state was dropped), which add_committed and set_window compare with the one they write,
+-- and committed and reserved after the refresh when it changed neither (else nil, nil: read them).
 local function refresh(s, l, a, now, w, bl)
-  local x = tonumber(redis.call('HGET', s, 'x') or '0')
+  local stored = redis.call('HMGET', s, 'x', 'w', 'bl', 'c', 'r')
+  local x = tonumber(stored[1] or '0')
   if x > 0 and now >= x then
     redis.call('DEL', s, l, a)
-    return 0, 0
+    return 0, 0, 0, 0, 0
   end
-  w, bl = rolling_of(s, w, bl)
+  local changed = false
+  if w == nil or w <= 0 then
+    w, bl = tonumber(stored[2] or '0'), tonumber(stored[3] or '0')
+  end
   local keep = 0
   if w > 0 then
     keep = math.floor((now - w) / bl)
@@ -109,6 +125,7 @@ local function refresh(s, l, a, now, w, bl)
     if #expired == 0 then
       break
     end
+    changed = true
     local ids = {}
     for i = 1, #expired, 2 do
       ids[#ids + 1] = expired[i]
@@ -136,14 +153,21 @@ local function refresh(s, l, a, now, w, bl)
       redis.call('HINCRBY', s, 'c', int(spent))
     end
   end
+  local c, r = tonumber(stored[4] or '0'), tonumber(stored[5] or '0')
   if w > 0 then
-    drop_buckets(s, w, bl, now)
-    local c, r = usage_of(s)
+    changed = drop_buckets(s, w, bl, now) or changed
+    if changed then
+      c, r = usage_of(s)
+    end
     if c == 0 and r == 0 and redis.call('ZCARD', l) == 0 then
       redis.call('DEL', s, l, a)
+      return w, bl, 0, 0, 0
     end
   end
-  return w, bl
+  if changed then
+    return w, bl, x, nil, nil
+  end
+  return w, bl, x, c, r
 end
 
 -- Correct an expired lease of call_id (counted as spent) to the actual amount, where it was
@@ -187,12 +211,16 @@ local function unhold(s, l, a, call_id)
   return false
 end
 
--- Record a window end (ms, 0 = none) and let the keys expire with it.
-local function set_window(s, l, a, x, now)
+-- Record a window end (ms, 0 = none) and let the keys expire with it. stored_x: the end S
+-- already holds (refresh's third value; nil = unknown): S then already expires with it, and only
+-- L and A (which a write may have just created) need their expiry.
+local function set_window(s, l, a, x, now, stored_x)
   if x > 0 then
-    redis.call('HSET', s, 'x', int(x))
     local ttl = int(math.max(x - now, 1))
-    redis.call('PEXPIRE', s, ttl)
+    if stored_x ~= x then
+      redis.call('HSET', s, 'x', int(x))
+      redis.call('PEXPIRE', s, ttl)
+    end
     redis.call('PEXPIRE', l, ttl)
     redis.call('PEXPIRE', a, ttl)
   end
@@ -213,8 +241,10 @@ local function set_rolling(s, l, a, w, bl, ttl)
 end
 
 -- Add committed spend unless the limit's window is already over; a rolling limit (w > 0)
--- counts it in the bucket of now.
-local function add_committed(s, l, a, amount, x, now, w, bl)
+-- counts it in the bucket of now. stored_x: the window end S already holds (refresh's third
+-- value; nil = unknown). When it is x, every key of the limit already expires with it: only
+-- reserve creates L and A, and it always gives them the window's expiry.
+local function add_committed(s, l, a, amount, x, now, w, bl, stored_x)
   if x > 0 and now >= x then
     return
   end
@@ -224,5 +254,7 @@ local function add_committed(s, l, a, amount, x, now, w, bl)
   else
     redis.call('HINCRBY', s, 'c', amount)
   end
-  set_window(s, l, a, x, now)
+  if stored_x ~= x then
+    set_window(s, l, a, x, now)
+  end
 end

@@ -1,66 +1,88 @@
--- Hold an amount on every limit, all or nothing.
--- KEYS: [record, done] when ARGV[2] == '1', then (S, L, A) per limit.
+-- Increment counters, then hold an amount on every limit, all or nothing (nothing when a counter trips).
+-- KEYS: [record, done] when ARGV[2] == '1', then one key per counter, then (S, L, A) per limit.
 -- ARGV: now_ms|'', with_record, call_id, amount, lease_ms, record_ttl_ms, limits_spec,
---       then cap, window_end_ms (0 = none), rolling_window_ms, bucket_ms (0 = not rolling)
---       per limit.
--- Returns {1, committed, reserved, ...} held (usage of every limit after the hold),
---         {3} the call id is already known (collision: nothing changed),
---         {0, limit_index (1-based), committed, reserved} refused (nothing changed).
+--       counters (how many), then amount, ttl_ms|'', extend ('1'|'0'), trip_above|'' per counter,
+--       then cap, window_end_ms (0 = none), rolling_window_ms, bucket_ms (0 = not rolling) per limit.
+-- Every reply ends with the new value of each counter (counters are incremented first, whatever
+-- happens next):
+--         {1, committed, reserved, ..., counts} held (usage of every limit after the hold),
+--         {4, counter_index (1-based), counts} a counter passed its trip_above (nothing else done),
+--         {3, counts} the call id is already known (collision: nothing held),
+--         {0, limit_index (1-based), committed, reserved, counts} refused (nothing held).
 local now = now_ms(ARGV[1])
 local with_record = ARGV[2] == '1'
 local call_id, amount = ARGV[3], tonumber(ARGV[4])
 local lease_ms = tonumber(ARGV[5])
 local lease_until = now + lease_ms
+local k = tonumber(ARGV[8])
 local first = 1
 if with_record then
   first = 3
 end
+local counts, tripped = {}, nil
+for i = 0, k - 1 do
+  local base = 9 + 4 * i
+  local v = incr_counter(KEYS[first + i], now, ARGV[base], ARGV[base + 1], ARGV[base + 2])
+  counts[#counts + 1] = v
+  if tripped == nil and ARGV[base + 3] ~= '' and v > tonumber(ARGV[base + 3]) then
+    tripped = i + 1
+  end
+end
+first = first + k
+local limit_args = 9 + 4 * k
 local n = (#KEYS - first + 1) / 3
+
+local function reply(out)
+  for _, v in ipairs(counts) do
+    out[#out + 1] = v
+  end
+  return out
+end
+
+if tripped ~= nil then
+  return reply({4, tripped})
+end
 
 local function limit_keys(i)
   return KEYS[first + 3 * i], KEYS[first + 3 * i + 1], KEYS[first + 3 * i + 2]
 end
 
-local function arg(i, k)
-  return tonumber(ARGV[8 + 4 * i + k])
-end
-
-local function usages(status)
-  local out = {status}
-  for i = 0, n - 1 do
-    local s = limit_keys(i)
-    local c, r = usage_of(s)
-    out[#out + 1] = int(c)
-    out[#out + 1] = int(r)
-  end
-  return out
+local function arg(i, j)
+  return tonumber(ARGV[limit_args + 4 * i + j])
 end
 
 local windows = {}
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
-  local w, bl = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
-  windows[i] = {w, bl}
+  local w, bl, x, c, r = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
+  windows[i] = {w, bl, x, c, r}
 end
-if with_record and (redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1) then
-  return {3}
+if with_record and redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  return reply({3})
 end
+-- usage before the hold, and how many times each limit is held (a key given twice holds twice)
+local before, times = {}, {}
 for i = 0, n - 1 do
   local s, l = limit_keys(i)
   if redis.call('ZSCORE', l, call_id) then
-    return {3}
+    return reply({3})
   end
-  local c, r = usage_of(s)
+  local c, r = windows[i][4], windows[i][5]
+  if c == nil or times[s] then  -- changed by its refresh, or a key given twice: read it
+    c, r = usage_of(s)
+  end
   if c + r + amount > arg(i, 0) then
-    return {0, i + 1, int(c), int(r)}
+    return reply({0, i + 1, int(c), int(r)})
   end
+  before[i] = {c, r}
+  times[s] = (times[s] or 0) + 1
 end
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
   redis.call('ZADD', l, lease_until, call_id)
   redis.call('HSET', a, call_id, ARGV[4])
   redis.call('HINCRBY', s, 'r', ARGV[4])
-  set_window(s, l, a, arg(i, 1), now)
+  set_window(s, l, a, arg(i, 1), now, windows[i][3])
   local w, bl = windows[i][1], windows[i][2]
   -- an expired lease is counted in the bucket of its expiry: keep the keys until it leaves
   set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
@@ -69,4 +91,11 @@ if with_record then
   redis.call('HSET', KEYS[1], 'amount', ARGV[4], 'lease_until', int(lease_until), 'limits', ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end
-return usages(1)
+-- usage after the hold: the holds only added to reserved
+local out = {1}
+for i = 0, n - 1 do
+  local s = limit_keys(i)
+  out[#out + 1] = int(before[i][1])
+  out[#out + 1] = int(before[i][2] + times[s] * amount)
+end
+return reply(out)

@@ -1,0 +1,58 @@
+-- After a call, in one step: charge an amount once per call id (as commit.lua with its marker),
+-- then release the call's reservation at most once (as finish.lua in release mode).
+-- KEYS: [record, done, commit marker], then (S, L, A) per limit.
+-- ARGV: now_ms|'', call_id, amount ('' = release only), marker_ttl_ms (both markers),
+--       limits_spec (the limits the release expects the record to hold), then role ('b' commit
+--       and release, 'c' commit only, 'r' release only), window_end_ms, rolling_window_ms,
+--       bucket_ms per limit.
+-- Returns {committed (1|0), released (1|0)}, or {-1} when the record holds other limits than
+-- limits_spec (nothing changed: read the record and call again with its limits as 'r').
+local now = now_ms(ARGV[1])
+local call_id, amount, ttl = ARGV[2], ARGV[3], ARGV[4]
+local release = false
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local spec = redis.call('HGET', KEYS[1], 'limits')
+  if spec then
+    if spec ~= ARGV[5] then
+      return {-1}
+    end
+    release = true
+  end
+end
+local commit = false
+if amount ~= '' then
+  local until_ms = redis.call('GET', KEYS[3])
+  if not (until_ms and tonumber(until_ms) > now) then
+    redis.call('SET', KEYS[3], int(now + tonumber(ttl)), 'PX', ttl)
+    commit = true
+  end
+end
+if release then
+  redis.call('SET', KEYS[2], 'release', 'PX', ttl)
+  redis.call('DEL', KEYS[1])
+end
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  local s, l, a = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local base = 6 + 4 * i
+  local role = ARGV[base]
+  local charge, give_back = commit and role ~= 'r', release and role ~= 'c'
+  if charge or give_back then
+    local w, bl, x = refresh(s, l, a, now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]))
+    if charge then
+      add_committed(s, l, a, amount, tonumber(ARGV[base + 1]), now, w, bl, x)
+    end
+    -- A live lease is given back; an expired one (counted as spent) is corrected to 0 where it
+    -- was counted, after the commit above, as when commit and release ran one after the other.
+    if give_back and not unhold(s, l, a, call_id) then
+      correct_expired(s, a, call_id, 0, now, w, bl)
+    end
+  end
+end
+local out = {0, 0}
+if commit then
+  out[1] = 1
+end
+if release then
+  out[2] = 1
+end
+return out
