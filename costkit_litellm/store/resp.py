@@ -82,9 +82,16 @@ class PipelinedConnection:
         writer = self._writer
         if writer is None:  # closed by a failure while we waited for the connection
             raise RedisConnectionError(f"connection to {self._host}:{self._port} lost")
+        if writer.is_closing():  # the server went away; the reader has not seen it yet
+            self._fail(RedisConnectionError(f"connection to {self._host}:{self._port} lost"))
+            raise RedisConnectionError(f"connection to {self._host}:{self._port} lost")
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((future, loop.time()))
-        writer.write(pack(args))
+        try:
+            writer.write(pack(args))
+        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a closed transport
+            self._fail(RedisConnectionError(f"connection to {self._host}:{self._port} lost: {exc}"))
+            raise RedisConnectionError(f"connection to {self._host}:{self._port} lost: {exc}") from exc
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._watch)
         return await future

@@ -166,3 +166,14 @@ async def test_redis_store_uses_the_pipelined_connection_for_plain_urls(redis_se
     finally:
         await plain.close()
         await unix.close()
+
+
+async def test_a_transport_closed_under_the_connection_fails_cleanly_then_reconnects(conn: PipelinedConnection) -> None:
+    """A command on a transport that closed before the reader noticed gets ConnectionError (never a
+    RuntimeError from the event loop), and the next command connects again."""
+    assert await conn.execute("PING") == "PONG"
+    assert conn._writer is not None
+    conn._writer.transport.abort()  # as a server that went away between two reads
+    with pytest.raises(RedisConnectionError):
+        await conn.execute("PING")
+    assert await conn.execute("PING") == "PONG"
