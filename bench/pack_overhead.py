@@ -3,7 +3,7 @@
 One run, side by side: a vanilla LiteLLM proxy, the pack with each stage alone, and the full
 production-shaped pack (two budgets, the breaker with its session spend cap, accounting with the
 Redis ledger, metrics by feature; every request names a user, a feature and an agent session of
-ten calls), all on mock deployments (``mock_response``: no provider process, so the proxy is the
+ten calls, new sessions every run), all on mock deployments (``mock_response``: no provider process, so the proxy is the
 only thing doing work) and one real Redis from the harness. Runs are interleaved (every arm once
 per round, the order reversed every other round) so drift on a shared machine hits every arm.
 
@@ -14,6 +14,10 @@ request (proxy tree + Redis, over all rounds), p50/p99 (median over rounds of wr
 percentiles), errors, and each arm's ratio to vanilla.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/pack_overhead.py --duration 10 --rounds 3
+
+Before and after in one run: check an older commit out (``git worktree add /tmp/before <commit>``)
+and add arms named ``<arm> @ baseline`` with ``--baseline /tmp/before``; those proxies import
+the pack from there.
 
 Needs ``wrk`` on the PATH (Debian: ``apt-get install wrk``).
 """
@@ -67,6 +71,8 @@ ARM_SECTIONS: dict[str, dict[str, Any] | None] = {
     "metrics by feature": {**OFF, "metrics": {"enabled": True, "tag_labels": ["feature"]}},
     "full pack": {"budgets": BUDGETS, "breaker": {"enabled": True}, "metrics": {"tag_labels": ["feature"]}},
 }
+BASELINE = " @ baseline"
+"""Suffix of an arm run with ``--baseline``'s checkout of the pack (an older commit) on its PYTHONPATH."""
 """Each arm's ``costkit:`` section (``None``: no pack); every pack arm gets the same Redis."""
 
 WRK_SCRIPT = """
@@ -75,8 +81,10 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 local features = {%(features)s}
 local threads = 0
+math.randomseed(os.time())
+local run_id = os.time() .. "." .. math.random(1000000)
 function setup(thread)
-  thread:set("tid", threads)
+  thread:set("tid", run_id .. "." .. threads)
   threads = threads + 1
 end
 local n = 0
@@ -224,7 +232,7 @@ def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path
     base = base_config([mock_deployment(MODEL)])
     result = {}
     for index, arm in enumerate(arms):
-        section = ARM_SECTIONS[arm]
+        section = ARM_SECTIONS[arm.removesuffix(BASELINE)]
         config = base
         if section is not None:
             prefix = f"bench{index}-{uuid.uuid4().hex[:6]}"
@@ -251,11 +259,12 @@ def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
 
 
 @contextlib.contextmanager
-def proxies(paths: dict[str, Path]) -> Iterator[dict[str, ProxyServer]]:
+def proxies(paths: dict[str, Path], baseline: str | None = None) -> Iterator[dict[str, ProxyServer]]:
     with contextlib.ExitStack() as stack:
         started = {}
         for arm, path in paths.items():
-            started[arm] = stack.enter_context(ProxyServer(path))
+            env = {"PYTHONPATH": baseline} if baseline and arm.endswith(BASELINE) else None
+            started[arm] = stack.enter_context(ProxyServer(path, env=env))
             print(f"  {arm}: {started[arm].base_url} pid {started[arm].pid}", file=sys.stderr)
         yield started
 
@@ -270,9 +279,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--arms", default=",".join(ARM_SECTIONS), help=f"comma-separated subset of: {', '.join(ARM_SECTIONS)}"
     )
     parser.add_argument("--hold", action="store_true", help="start the arms and wait (for py-spy), no load")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help=f"a checkout of an older commit of the pack: arms named '<arm>{BASELINE}' run it (PYTHONPATH=DIR), "
+        "side by side with this tree's arms",
+    )
     args = parser.parse_args(argv)
     args.arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in args.arms if a not in ARM_SECTIONS]
+    unknown = [a for a in args.arms if a.removesuffix(BASELINE) not in ARM_SECTIONS]
+    if any(a.endswith(BASELINE) for a in args.arms) and not args.baseline:
+        parser.error(f"arms ending in {BASELINE!r} need --baseline DIR")
     if unknown or "vanilla" not in args.arms:
         parser.error(f"--arms: unknown {unknown} (vanilla is required)" if unknown else "--arms must include vanilla")
     return args
@@ -289,10 +306,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         redis_pid = redis._proc.pid if redis._proc is not None else 0
         print(f"redis {redis.url} pid {redis_pid}", file=sys.stderr)
-        with proxies(configs(Path(tmp), redis.url, args.arms)) as started:
+        with proxies(configs(Path(tmp), redis.url, args.arms), args.baseline) as started:
             features = ",".join(f'"{f}"' for f in FEATURES)
             for arm, proxy in started.items():
-                check_arm(proxy, ARM_SECTIONS[arm] is not None)
+                check_arm(proxy, ARM_SECTIONS[arm.removesuffix(BASELINE)] is not None)
             results = {arm: ArmResult() for arm in args.arms}
             for arm, proxy in started.items():
                 arm_script = Path(tmp) / f"load-{abs(hash(arm))}.lua"
