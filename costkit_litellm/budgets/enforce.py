@@ -133,6 +133,8 @@ class BudgetStage:
         try:
             result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s, counters=pending)
         except StoreError as exc:
+            if exc.uncertain:  # the reservation may still land (its reply was lost): released once the store answers
+                self._pending.append(("release", call_id, 0, list(limits)))
             if pending:  # nothing was counted: as when the breaker's own count failed, before the budgets ran
                 counters.unreachable(admission)  # fail_closed: the breaker's 503
                 limits = self._limits(applied, admission)

@@ -68,8 +68,14 @@ class StoreError(CostKitError):
     """The store could not be reached or answered in a way we cannot use.
 
     Callers apply their configured fail-open / fail-closed policy on this error; it never
-    means a budget was changed partially.
+    means a budget was changed partially. ``uncertain`` is True when the command reached the
+    server but its reply did not come back (a timeout, a connection lost while waiting): the
+    command may still have run, whole, and a caller should undo what it would have done.
     """
+
+    def __init__(self, message: str, *, uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 MAX_BUCKETS = 10_000

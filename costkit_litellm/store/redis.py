@@ -55,6 +55,7 @@ import redis.asyncio as aioredis
 import redis.utils
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from costkit_litellm.redact import mask_url
 from costkit_litellm.store import resp
@@ -533,7 +534,7 @@ class RedisStore:
                     await self._load(name)
                     return await fast.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
             except _ERRORS as exc:
-                raise StoreError(f"Redis script {name} failed: {exc}") from exc
+                raise StoreError(f"Redis script {name} failed: {exc}", uncertain=_uncertain(exc)) from exc
         try:
             async with self._in_flight:
                 try:
@@ -542,7 +543,7 @@ class RedisStore:
                     await self._load(name)
                     return await client.evalsha(self._shas[name], len(keys), *keys, *args)
         except _ERRORS as exc:
-            raise StoreError(f"Redis script {name} failed: {exc}") from exc
+            raise StoreError(f"Redis script {name} failed: {exc}", uncertain=_uncertain(exc)) from exc
 
     async def _call(self, *command: str) -> Any:
         fast = self._fast
@@ -550,7 +551,7 @@ class RedisStore:
             try:
                 return await fast.execute(*command)
             except _ERRORS as exc:
-                raise StoreError(f"Redis {command[0]} failed: {exc}") from exc
+                raise StoreError(f"Redis {command[0]} failed: {exc}", uncertain=_uncertain(exc)) from exc
         try:
             async with self._in_flight:
                 return await self._conn().execute_command(*command)
@@ -577,6 +578,11 @@ def _hiredis_packing(connection_class: Any) -> Any:
 
     HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{connection_class.__name__}"
     return HiredisPacking
+
+
+def _uncertain(exc: BaseException) -> bool:
+    """True when the command may have run although no reply came (``StoreError.uncertain``)."""
+    return isinstance(exc, (resp.ReplyLost, RedisTimeoutError, asyncio.TimeoutError))
 
 
 def _check_amount(amount: int) -> None:

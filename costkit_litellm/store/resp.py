@@ -34,9 +34,20 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
+class ReplyLost(RedisConnectionError):
+    """The command was written but its reply will not come (connection lost while waiting): it
+    may still have run on the server."""
+
+
+class ReplyTimedOut(ReplyLost, RedisTimeoutError):
+    """The command was written and nothing came back within the timeout: it may still run."""
+
+
 def supported(url: str) -> bool:
-    """True when ``url`` is a plain ``redis://`` URL this connection can serve."""
-    return urlsplit(url).scheme == "redis"
+    """True when ``url`` is a plain ``redis://`` URL this connection can serve (host, port, user,
+    password, database in the path; options in a query string, such as ``?db=``, stay with redis-py)."""
+    parts = urlsplit(url)
+    return parts.scheme == "redis" and not parts.query
 
 
 def pack(args: tuple[str | bytes | int, ...]) -> bytes:
@@ -56,8 +67,8 @@ class PipelinedConnection:
 
     def __init__(self, url: str, timeout_s: float = 1.0) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"PipelinedConnection serves redis:// URLs, not {parts.scheme}://")
+        if not supported(url):
+            raise ValueError("PipelinedConnection serves plain redis:// URLs (no query string)")
         self._host = parts.hostname or "localhost"
         self._port = parts.port or 6379
         self._username = unquote(parts.username) if parts.username else None
@@ -83,22 +94,23 @@ class PipelinedConnection:
         if writer is None:  # closed by a failure while we waited for the connection
             raise RedisConnectionError(f"connection to {self._host}:{self._port} lost")
         if writer.is_closing():  # the server went away; the reader has not seen it yet
-            self._fail(RedisConnectionError(f"connection to {self._host}:{self._port} lost"))
+            self._fail(ReplyLost(f"connection to {self._host}:{self._port} lost"))
             raise RedisConnectionError(f"connection to {self._host}:{self._port} lost")
+        data = pack(args)  # before queueing: a command that cannot be packed must not take a reply
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((future, loop.time()))
         try:
-            writer.write(pack(args))
+            writer.write(data)
         except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a closed transport
-            self._fail(RedisConnectionError(f"connection to {self._host}:{self._port} lost: {exc}"))
+            self._fail(ReplyLost(f"connection to {self._host}:{self._port} lost: {exc}"))
             raise RedisConnectionError(f"connection to {self._host}:{self._port} lost: {exc}") from exc
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._watch)
         return await future
 
     async def close(self) -> None:
-        """Close the connection; commands still waiting fail with ``ConnectionError``."""
-        self._fail(RedisConnectionError("connection closed"))
+        """Close the connection; commands still waiting fail with ``ReplyLost``."""
+        self._fail(ReplyLost("connection closed"))
 
     # --- internals ----------------------------------------------------------------------
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -172,7 +184,7 @@ class PipelinedConnection:
             raise
         except Exception as exc:
             if self._writer is writer:
-                self._fail(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(str(exc)))
+                self._fail(ReplyLost(str(exc)))
 
     def _watch(self) -> None:
         """The timeout watchdog (one timer per connection, not per command). It judges one loop turn
@@ -190,7 +202,7 @@ class PipelinedConnection:
         now = self._loop.time()
         quiet = now - max(self._last_read, self._waiting[0][1])
         if quiet >= self._timeout:
-            self._fail(RedisTimeoutError(f"no reply from {self._host}:{self._port} within {self._timeout:g}s"))
+            self._fail(ReplyTimedOut(f"no reply from {self._host}:{self._port} within {self._timeout:g}s"))
         else:
             self._watchdog = self._loop.call_later(self._timeout - quiet, self._watch)
 

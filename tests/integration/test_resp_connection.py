@@ -13,8 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from costkit_litellm.store.base import StoreError
 from costkit_litellm.store.redis import RedisStore
-from costkit_litellm.store.resp import PipelinedConnection, pack, supported
+from costkit_litellm.store.resp import PipelinedConnection, ReplyLost, pack, supported
 from costkit_litellm.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -37,6 +38,7 @@ def test_only_plain_redis_urls_are_supported() -> None:
     assert supported("redis://h:1/0")
     assert not supported("rediss://h:1/0")
     assert not supported("unix:///tmp/redis.sock")
+    assert not supported("redis://h:1?db=2")  # query options are redis-py's to read
 
 
 async def test_concurrent_commands_each_get_their_own_reply(conn: PipelinedConnection) -> None:
@@ -107,7 +109,7 @@ async def test_a_server_that_stops_answering_times_out_every_waiting_command(red
         results = await asyncio.gather(
             *(connection.execute("EVAL", "return 1", 0) for _ in range(5)), return_exceptions=True
         )
-        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert all(isinstance(r, RedisTimeoutError) and isinstance(r, ReplyLost) for r in results), results
         assert time.monotonic() - started < 1.1
         await asyncio.sleep(1.0)
         assert await connection.execute("PING") == "PONG"
@@ -177,3 +179,40 @@ async def test_a_transport_closed_under_the_connection_fails_cleanly_then_reconn
     with pytest.raises(RedisConnectionError):
         await conn.execute("PING")
     assert await conn.execute("PING") == "PONG"
+
+
+async def test_an_argument_that_cannot_be_packed_does_not_shift_later_replies(conn: PipelinedConnection) -> None:
+    """A command whose argument cannot be encoded fails alone, before it takes a place in the reply order."""
+    with pytest.raises(UnicodeEncodeError):
+        await conn.execute("ECHO", "\ud800")
+    assert await asyncio.gather(conn.execute("ECHO", "a"), conn.execute("ECHO", "b")) == ["a", "b"]
+
+
+async def test_a_lost_reply_is_an_uncertain_store_error_a_refused_connection_is_not(redis_server: RedisServer) -> None:
+    """RedisStore marks a script whose reply was lost (the server paused past the timeout) as
+    ``uncertain`` (it may have run), and a server that refuses the connection as certain."""
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:6]}", socket_timeout_s=0.3)
+    await store.start()
+    pauser = redis.Redis.from_url(redis_server.url)
+    try:
+        pauser.execute_command("CLIENT", "PAUSE", 900, "WRITE")
+        with pytest.raises(StoreError) as lost:
+            await store.incr("c")
+        assert lost.value.uncertain
+    finally:
+        pauser.execute_command("CLIENT", "UNPAUSE")
+        pauser.close()
+        await store.close()
+    gone = RedisServer(search=False).start()
+    url = gone.url
+    store = RedisStore(url, prefix="t", socket_timeout_s=0.3)
+    await store.start()
+    gone.stop()
+    try:
+        with pytest.raises(StoreError) as refused:
+            await store.incr("c")
+        with pytest.raises(StoreError) as refused:
+            await store.incr("c")  # the first saw the connection close; this one cannot connect
+        assert not refused.value.uncertain
+    finally:
+        await store.close()

@@ -433,6 +433,19 @@ def flaky_kit(policy: str, share: float = 0.5) -> tuple[CostKit, FlakyStore]:
     return CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry()), store
 
 
+class LostReplyStore(MemoryStore):
+    """The in-process store whose next reservation runs but whose reply is lost (a Redis paused past the timeout)."""
+
+    lose_next = False
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().reserve(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StoreError("no reply from redis://127.0.0.1:1 within 1s", uncertain=True)
+        return result
+
+
 class TestOutage:
     async def test_fail_closed_answers_503(self) -> None:
         """With fail_closed, a store outage refuses with 503 and a message naming the policy."""
@@ -441,6 +454,31 @@ class TestOutage:
         with pytest.raises(RequestRejected) as info:
             await admit(kit, request())
         assert info.value.status == 503 and "fail_closed" in info.value.message
+
+    @pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+    async def test_a_reservation_whose_reply_was_lost_is_released_once_the_store_answers(self, policy: str) -> None:
+        """A reservation that ran although its reply was lost (the request got a 503, or ran on the
+        outage allowance) is released by the next call that reaches the store, not left to expire into spend."""
+        store = LostReplyStore()
+        settings = {"on_store_error": policy, "runtime_refresh_s": 0, "outage_headroom_share": 1.0}
+        config = parse_config({"budgets": [USER_DAILY], "budget_settings": settings})
+        kit = CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry())
+        first = await admit(kit, request())  # the store is read once (fail_open needs an allowance)
+        await finish(kit, first, 1_000)
+        store.lose_next = True
+        lost = request()
+        if policy == "fail_closed":
+            with pytest.raises(RequestRejected) as info:
+                await admit(kit, lost)
+            assert info.value.status == 503
+        else:
+            admitted = await admit(kit, lost)
+            assert admitted.state["budgets"].get("unreserved") is True
+        committed, reserved = await spent(kit, first)
+        assert committed == 1_000 and reserved > 0  # the lost reservation did land
+        later = await admit(kit, request(user="u2"))  # reaches the store: replays the queued release first
+        assert await spent(kit, first) == (1_000, 0)
+        await finish(kit, later, 0)
 
     async def test_fail_open_admits_and_reconciles_exactly_once(self) -> None:
         """With fail_open, requests during an outage are admitted and charged once when the store is back."""
