@@ -524,39 +524,30 @@ class RedisStore:
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         """Run a script by SHA; after a server restart (NOSCRIPT) load it again, once."""
-        client = self._conn()
-        fast = self._fast
-        if fast is not None:
-            try:
-                try:
-                    return await fast.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
-                except NoScriptError:
-                    await self._load(name)
-                    return await fast.execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
-            except _ERRORS as exc:
-                raise StoreError(f"Redis script {name} failed: {exc}", uncertain=_uncertain(exc)) from exc
+        self._conn()  # not started: StoreError, before the SHA is looked up
         try:
-            async with self._in_flight:
-                try:
-                    return await client.evalsha(self._shas[name], len(keys), *keys, *args)
-                except NoScriptError:
-                    await self._load(name)
-                    return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+            try:
+                return await self._send("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:
+                await self._load(name)
+                return await self._send("EVALSHA", self._shas[name], len(keys), *keys, *args)
         except _ERRORS as exc:
             raise StoreError(f"Redis script {name} failed: {exc}", uncertain=_uncertain(exc)) from exc
 
     async def _call(self, *command: str) -> Any:
-        fast = self._fast
-        if fast is not None:
-            try:
-                return await fast.execute(*command)
-            except _ERRORS as exc:
-                raise StoreError(f"Redis {command[0]} failed: {exc}", uncertain=_uncertain(exc)) from exc
         try:
-            async with self._in_flight:
-                return await self._conn().execute_command(*command)
+            return await self._send(*command)
         except _ERRORS as exc:
-            raise StoreError(f"Redis {command[0]} failed: {exc}") from exc
+            raise StoreError(f"Redis {command[0]} failed: {exc}", uncertain=_uncertain(exc)) from exc
+
+    async def _send(self, *command: str | bytes | int) -> Any:
+        """One command on the pipelined connection, else through redis-py's pool (bounded by
+        ``max_connections``); redis errors pass through."""
+        client = self._conn()
+        if self._fast is not None:
+            return await self._fast.execute(*command)
+        async with self._in_flight:
+            return await client.execute_command(*command)
 
 
 def _hiredis_packing(connection_class: Any) -> Any:
