@@ -339,7 +339,7 @@ class CostKitCallback(CustomLogger):
         request_id = _request_id(request_metadata(request_data))
         async for chunk in response:
             entry = self.inflight.get(request_id)
-            if entry is not None and isinstance(request_id, str) and self.kit.config.enabled:
+            if entry is not None and not entry.finished and isinstance(request_id, str) and self.kit.config.enabled:
                 now = time.monotonic()
                 if now - entry.renewed_at >= self.lease_s / 3:
                     entry.renewed_at = now

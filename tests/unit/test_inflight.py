@@ -57,3 +57,48 @@ class TestInFlight:
         for i in range(10):
             inflight.add(str(i), entry())
         assert len(inflight) == 3 and inflight.get("9") is not None and inflight.get("0") is None
+
+    def test_a_settled_entry_is_slim_and_short_lived(self) -> None:
+        """After the final outcome only the headers' part stays, for settled_ttl_s; the caller gets it all."""
+        clock = Clock()
+        inflight = InFlight(600, clock=clock, settled_ttl_s=60)
+        full = entry()
+        full.admission.messages = [{"role": "user", "content": "x" * 10_000}]
+        full.admission.state["budgets"] = {"held": True}
+        full.admission.headers["x-costkit-max-cost-usd"] = "0.01"
+        inflight.add("r", full)
+        taken = inflight.take("r", final=True)
+        assert taken is full and taken.admission.state == {"budgets": {"held": True}}
+        kept = inflight.get("r")
+        assert kept is not None and kept.finished
+        assert kept.admission.messages == () and kept.admission.state == {}
+        assert kept.admission.headers == {"x-costkit-max-cost-usd": "0.01"}
+        assert inflight.take("r", final=True) is None
+        clock.now += 61
+        assert inflight.get("r") is None
+        inflight.add("next", entry())
+        assert len(inflight) == 1 and inflight.dropped == 0
+
+    def test_an_entry_recorded_before_the_call_is_settled_at_once(self) -> None:
+        """A refusal's or an answer's entry lives settled_ttl_s, is never counted as dropped, its outcome skipped."""
+        clock = Clock()
+        inflight = InFlight(600, clock=clock, settled_ttl_s=60)
+        inflight.add("answered", Admitted(entry().admission, recorded="answered"))
+        found = inflight.take("answered", final=True)
+        assert found is not None and found.recorded == "answered"
+        clock.now += 61
+        inflight.add("next", entry())
+        assert inflight.get("answered") is None and inflight.dropped == 0 and len(inflight) == 1
+
+    def test_a_failure_keeps_the_whole_entry_for_a_later_success(self) -> None:
+        """A failed attempt (a fallback follows) leaves the full entry live for ttl_s; renewing it keeps it."""
+        clock = Clock()
+        inflight = InFlight(600, clock=clock, settled_ttl_s=60)
+        full = entry()
+        full.admission.state["budgets"] = {"held": True}
+        inflight.add("r", full)
+        assert inflight.take("r", final=False) is full
+        clock.now += 500
+        inflight.touch("r")
+        clock.now += 500
+        assert inflight.take("r", final=True) is full
