@@ -29,6 +29,10 @@ def usd_to_nano(amount: float | int | str | Decimal) -> Nano:
     """
     if isinstance(amount, bool):
         raise MoneyError(f"{amount!r} is not an amount of money")
+    if type(amount) is float:
+        exact = _float_to_nano(repr(amount))
+        if exact is not None:
+            return exact
     try:
         value = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(amount)
     except (InvalidOperation, ValueError) as exc:
@@ -36,6 +40,22 @@ def usd_to_nano(amount: float | int | str | Decimal) -> Nano:
     if not value.is_finite():
         raise MoneyError(f"{amount!r} is not a finite amount of money")
     return Nano(int((value * _NANO).to_integral_value(rounding=ROUND_HALF_EVEN)))
+
+
+def _float_to_nano(text: str) -> Nano | None:
+    """A float's ``repr`` (``1.35e-05``, ``0.25``, ``-3.0``) as nano-dollars when that is exact
+    without rounding; None otherwise (``Decimal`` then rounds). The integer path of the hot path:
+    the same value ``Decimal`` gives, about ten times faster."""
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("-")
+    if not digits.isdigit():
+        return None  # inf, nan
+    shift = (int(exponent) if exponent else 0) - len(fraction) + 9
+    if shift < 0:
+        return None
+    value = int(digits) * 10**shift
+    return Nano(-value if whole.startswith("-") else value)
 
 
 def nano_to_decimal(amount: int) -> Decimal:
@@ -50,6 +70,9 @@ def nano_to_float(amount: int) -> float:
 
 def format_usd(amount: int, places: int = 9) -> str:
     """Dollars as a plain decimal string without exponent: ``format_usd(13500) == '0.000013500'``."""
+    if places == 9:  # exact: integer formatting
+        whole, fraction = divmod(abs(amount), NANO_PER_USD)
+        return f"{'-' if amount < 0 else ''}{whole}.{fraction:09d}"
     quantum = Decimal(1).scaleb(-places)
     return f"{nano_to_decimal(amount).quantize(quantum, rounding=ROUND_HALF_EVEN):f}"
 

@@ -77,6 +77,8 @@ class BudgetStage:
         self._metrics = metrics
         self._store_label = mask_url(store_url) if store_url else "the in-process store"
         self._alerter = Alerter(store, policy, metrics)
+        self._alerts = any(b.action == "alert" for b in policy.budgets)
+        """Only alert budgets are checked after a success (the others have no thresholds to report)."""
         self._runtime: dict[str, int] = {}
         self._runtime_read_at = float("-inf")
         self._pending: deque[_Operation] = deque()
@@ -362,7 +364,7 @@ class BudgetStage:
             self._outage.settle(call_id, spent, recorded=False)
             return
         self._outage.settle(call_id, spent, recorded=True)
-        if outcome.kind == "success":
+        if outcome.kind == "success" and self._alerts:
             applied = self.policy.applicable(outcome.context, self._runtime)
             try:
                 await self._alerter.check(applied)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,14 @@ BUDGET_KEY_PREFIX = "budget:"
 RUNTIME_MAP = "budget_limits"
 
 
+@functools.lru_cache(maxsize=16_384)
+def _escaped(value: str) -> str:
+    return quote(value, safe="@._-")
+
+
 def budget_key(name: str, window: str, value: str, slot_id: str) -> str:
     """Store key of one budget window for one scope value (the value is escaped: no braces or spaces)."""
-    return f"{BUDGET_KEY_PREFIX}{name}:{window}:{quote(value, safe='@._-')}:{slot_id}"
+    return f"{BUDGET_KEY_PREFIX}{name}:{window}:{_escaped(value)}:{slot_id}"
 
 
 def runtime_field(name: str, value: str | None = None) -> str:

@@ -7,6 +7,7 @@ budget next resets (for ``Retry-After`` and messages).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,12 +43,18 @@ def parse_window(text: str) -> str:
     raise ValueError(f"{text!r} is not a window; {WINDOW_HELP}")
 
 
+@functools.lru_cache(maxsize=64)
 def rolling_seconds(window: str) -> int | None:
     """Length in seconds of a rolling window, None for calendar and total windows."""
     match = _ROLLING.match(window)
     if not match:
         return None
     return int(match.group(1)) * ROLLING_UNITS[match.group(2)]
+
+
+_TOTAL = Slot("total", None, None, None)
+_calendar: dict[tuple[str, ZoneInfo], tuple[float, float, Slot]] = {}
+"""The last calendar slot computed per (window, timezone), with the span [start, end) it covers."""
 
 
 def slot(window: str, now: float, tz: ZoneInfo) -> Slot:
@@ -57,16 +64,27 @@ def slot(window: str, now: float, tz: ZoneInfo) -> Slot:
         bucket = seconds / ROLLING_BUCKETS
         return Slot("r", None, float(seconds), (now // bucket + 1) * bucket)
     if window == "total":
-        return Slot("total", None, None, None)
+        return _TOTAL
+    cached = _calendar.get((window, tz))
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached[2]
+    start, current = _calendar_slot(window, now, tz)
+    assert current.expires_at is not None
+    _calendar[(window, tz)] = (start, current.expires_at, current)
+    return current
+
+
+def _calendar_slot(window: str, now: float, tz: ZoneInfo) -> tuple[float, Slot]:
+    """The calendar slot of ``window`` containing ``now``, and the Unix time it starts."""
     local = datetime.fromtimestamp(now, tz)
     if window == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         end = (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
-        return Slot(start.strftime("%Y-%m-%d"), end.timestamp(), None, end.timestamp())
+        return start.timestamp(), Slot(start.strftime("%Y-%m-%d"), end.timestamp(), None, end.timestamp())
     if window == "month":
         start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = (start + timedelta(days=32)).replace(day=1)
-        return Slot(start.strftime("%Y-%m"), end.timestamp(), None, end.timestamp())
+        return start.timestamp(), Slot(start.strftime("%Y-%m"), end.timestamp(), None, end.timestamp())
     raise ValueError(f"{window!r} is not a window; {WINDOW_HELP}")
 
 

@@ -39,6 +39,7 @@ from litellm.litellm_core_utils.token_counter import high_detail_image_token_upp
 
 from costkit_litellm.litellm_adapter.call_types import CallType
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
+from costkit_litellm.litellm_adapter.token_count import TokenCounter
 from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate, Pricing, usd_to_nano_ceil
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _TEXT_FIELDS = ("prompt", "input", "instructions", "system", "tools", "functions", "response_format", "text")
 """Billable request fields besides ``messages`` (each counted once, as JSON when structured)."""
 _CHARS_PER_TOKEN = 4
+_TOKENS = TokenCounter()
 _RERANK_DOCS_PER_SEARCH = 100
 _RERANK_CHUNK_TOKENS = 500
 _IMAGE_QUALITIES = ("low", "medium", "high", "standard", "hd", "auto")
@@ -118,7 +120,7 @@ def input_tokens(model: str | None, data: Mapping[str, Any], image_allowance: in
     if isinstance(messages, list) and messages:
         text_only, images = _without_images(messages)
         try:
-            counted += int(litellm.token_counter(model=name, messages=text_only))
+            counted += _TOKENS.messages(name, text_only)
         except Exception:  # a message LiteLLM cannot read: the character floor below still counts it
             counted += 0
     others = [f for f in _TEXT_FIELDS if data.get(f) not in (None, "", [])]
@@ -127,7 +129,7 @@ def input_tokens(model: str | None, data: Mapping[str, Any], image_allowance: in
         images += sum(found for _, found in stripped)
         text = "\n".join(_text_of(value) for value, _ in stripped)
         try:
-            counted += int(litellm.token_counter(model=name, text=text))
+            counted += _TOKENS.text(name, text)
         except Exception:
             counted += 0
     allowance = images * image_tokens(image_allowance) if images else 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costkit_litellm.money import (
     NANO_PER_USD,
@@ -96,3 +98,18 @@ class TestFormatting:
     def test_format_usd_short_for_humans(self, nano, text):
         """Cents from $100, up to six places below (at least two), every place under a cent, sign first."""
         assert format_usd_short(nano) == text
+
+
+class TestFastPaths:
+    @settings(max_examples=2000, deadline=None)
+    @given(st.floats(allow_nan=False, allow_infinity=False, width=64) | st.floats(1e-12, 1e3))
+    def test_a_float_converts_exactly_as_through_decimal(self, amount: float) -> None:
+        """The integer path for floats gives the same nano-dollars as Decimal(repr) with half-even rounding."""
+        expected = int((Decimal(repr(amount)) * Decimal(10**9)).to_integral_value(rounding=ROUND_HALF_EVEN))
+        assert usd_to_nano(amount) == expected
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.integers(-(10**20), 10**20))
+    def test_nine_places_format_as_the_exact_decimal(self, amount: int) -> None:
+        """format_usd with 9 places is the exact decimal of the nano-dollars, sign included."""
+        assert format_usd(amount) == f"{(Decimal(amount) / Decimal(10**9)).quantize(Decimal('1e-9')):f}"
