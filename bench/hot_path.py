@@ -80,7 +80,10 @@ def request(n: int) -> dict[str, Any]:
 
 
 async def run_load(router: Any, requests: int, concurrency: int, offset: int) -> tuple[float, float]:
-    """Send ``requests`` requests with ``concurrency`` workers; (wall s, process CPU s)."""
+    """Send ``requests`` requests with ``concurrency`` workers and wait for LiteLLM's logging worker
+    to run their success callbacks (their CPU belongs to this run); (wall s, process CPU s)."""
+    from costkit_litellm.litellm_adapter.lifecycle import wait_for_logging_callbacks
+
     queue = iter(range(offset, offset + requests))
 
     async def worker() -> None:
@@ -89,7 +92,21 @@ async def run_load(router: Any, requests: int, concurrency: int, offset: int) ->
 
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await wait_for_logging_callbacks(30.0)
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def only(callback: Any | None, callbacks: Sequence[Any]) -> None:
+    """Leave ``callback`` (None: none) as the only pack registered with LiteLLM.
+
+    LiteLLM's callback lists are global: a kit installed on one router sees every router's calls.
+    Each arm runs with its own kit alone, so the bare Router arm runs no pack callback at all."""
+    import litellm
+
+    for each in callbacks:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(each)
+    if callback is not None:
+        litellm.callbacks.append(callback)
 
 
 def make_router() -> Any:
@@ -108,37 +125,39 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
     bare = make_router()
     packed = make_router()
     kit = CostKit(parse_config(pack_section(redis.url)), registry=CollectorRegistry())
-    install(kit, packed)
+    callbacks: dict[str, Any] = {"router": None, "router + pack": install(kit, packed)}
     arms = {"router": bare, "router + pack": packed}
     kits = [kit]
     if args.memory_arm:  # the same pack on the in-process store: the pack's Python alone
         in_process = make_router()
         section = {k: v for k, v in pack_section(redis.url).items() if k != "redis_url"}
         kits.append(CostKit(parse_config(section), registry=CollectorRegistry()))
-        install(kits[-1], in_process)
+        callbacks["router + pack (in-process store)"] = install(kits[-1], in_process)
         arms["router + pack (in-process store)"] = in_process
+    registered = [cb for cb in callbacks.values() if cb is not None]
     results: dict[str, list[tuple[int, float, float, float]]] = {arm: [] for arm in arms}
     assert redis._proc is not None
     redis_pid = redis._proc.pid
     offset = 0
-    for router in arms.values():  # warm-up: imports, scripts, label children
+    for arm, router in arms.items():  # warm-up: imports, scripts, label children
+        only(callbacks[arm], registered)
         await run_load(router, args.warmup, args.concurrency, offset)
         offset += args.warmup
     await asyncio.sleep(0.5)
     for round_no in range(args.rounds):
         order = list(arms.items()) if round_no % 2 == 0 else list(arms.items())[::-1]
         for arm, router in order:
+            only(callbacks[arm], registered)
             redis_before = _cpu_s(redis_pid)
             wall, cpu = await run_load(router, args.requests, args.concurrency, offset)
-            await asyncio.sleep(0.3)  # let the logging callbacks of this run finish
             offset += args.requests
             results[arm].append((args.requests, wall, cpu, _cpu_s(redis_pid) - redis_before))
             print(f"  round {round_no + 1} {arm:34}: {1000 * cpu / args.requests:.3f} CPU ms/req", file=sys.stderr)
     if args.profile:
+        only(callbacks["router + pack"], registered)
         profiler = cProfile.Profile()
         profiler.enable()
         await run_load(packed, args.requests, args.concurrency, offset)
-        await asyncio.sleep(0.3)
         profiler.disable()
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
