@@ -3,8 +3,8 @@
 The hot path (one reservation script before each call, one settle script after) pays redis-py's
 per-command overhead (pool checkout, retry wrapper, response callbacks): about 135 us of CPU per
 EVALSHA here, against about 30 us for writing the command and matching its reply in order on
-one connection. Every command is written to the socket at once (commands issued in the same
-event-loop turn leave in one write) and the replies, which Redis sends in order, are parsed
+one connection. The commands issued in one event-loop turn leave together in one write at the
+end of the turn (``call_soon``), and the replies, which Redis sends in order, are parsed
 by hiredis and handed to the callers first in, first out.
 
 Failure rules (what keeps the replies matched to their callers):
@@ -78,8 +78,11 @@ class PipelinedConnection:
         self._timeout = timeout_s
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._outbox: list[bytes] = []
+        """Commands packed in this loop turn, not yet written (``_flush`` writes them together)."""
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
-        """The commands waiting for their replies, oldest first, with the loop time they were written."""
+        """The commands waiting for their replies, oldest first, with the loop time they were written
+        (queued, until ``_flush`` writes them)."""
         self._last_read = 0.0
         self._watchdog: asyncio.Handle | None = None
         self._connecting: asyncio.Lock | None = None
@@ -99,14 +102,27 @@ class PipelinedConnection:
         data = pack(args)  # before queueing: a command that cannot be packed must not take a reply
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((future, loop.time()))
-        try:
-            writer.write(data)
-        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a closed transport
-            self._fail(ReplyLost(f"connection to {self._host}:{self._port} lost: {exc}"))
-            raise RedisConnectionError(f"connection to {self._host}:{self._port} lost: {exc}") from exc
+        self._outbox.append(data)
+        if len(self._outbox) == 1:  # the first command of this loop turn: one write for all of them
+            loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._watch)
         return await future
+
+    def _flush(self) -> None:
+        """Write every command queued in this loop turn in one ``write`` (one system call, and one
+        read for the server, instead of one per command)."""
+        outbox, self._outbox = self._outbox, []
+        writer = self._writer
+        if not outbox or writer is None or self._loop is None:  # failed meanwhile: their callers have the error
+            return
+        now, waiting = self._loop.time(), self._waiting
+        for i in range(1, len(outbox) + 1):  # the newest waiting commands are these: timed from now on
+            waiting[-i] = (waiting[-i][0], now)
+        try:
+            writer.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a closed transport
+            self._fail(ReplyLost(f"connection to {self._host}:{self._port} lost: {exc}"))
 
     async def close(self) -> None:
         """Close the connection; commands still waiting fail with ``ReplyLost``."""
@@ -116,6 +132,7 @@ class PipelinedConnection:
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop:  # a new event loop (tests): the old connection died with it
             self._writer, self._reader_task, self._waiting = None, None, collections.deque()
+            self._outbox = []
             self._watchdog = None
             self._connecting, self._loop = asyncio.Lock(), loop
         assert self._connecting is not None
@@ -211,6 +228,7 @@ class PipelinedConnection:
         writer, self._writer = self._writer, None
         task, self._reader_task = self._reader_task, None
         waiting, self._waiting = self._waiting, collections.deque()
+        self._outbox = []
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

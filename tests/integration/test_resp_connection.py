@@ -132,6 +132,33 @@ async def test_a_busy_event_loop_is_not_mistaken_for_a_lost_reply(redis_server: 
         await connection.close()
 
 
+async def test_a_reply_written_back_while_the_loop_is_blocked_is_delivered(redis_server: RedisServer) -> None:
+    """Commands leave at the end of their loop turn; a reply that came back while the loop was then
+    blocked past the timeout is still delivered."""
+    connection = PipelinedConnection(redis_server.url, timeout_s=0.3)
+    try:
+        await connection.execute("PING")
+        pending = asyncio.ensure_future(connection.execute("EVAL", "return 'late but here'", 0))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the command is queued, then written at the end of its turn
+        assert not connection._outbox
+        time.sleep(0.6)
+        assert await pending == "late but here"
+    finally:
+        await connection.close()
+
+
+async def test_commands_of_one_loop_turn_leave_in_one_write(conn: PipelinedConnection) -> None:
+    """Concurrent commands are written together (one write per loop turn) and each still gets its own reply."""
+    assert await conn.execute("PING") == "PONG"
+    assert conn._writer is not None
+    writes: list[bytes] = []
+    real = conn._writer.write
+    conn._writer.write = lambda data: (writes.append(data), real(data))[1]  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(conn.execute("ECHO", str(i)) for i in range(20)))
+    assert replies == [str(i) for i in range(20)] and len(writes) == 1
+
+
 async def test_user_password_and_database_from_the_url(redis_server: RedisServer) -> None:
     """``redis://user:password@host:port/db`` authenticates as that user and selects that database."""
     admin = redis.Redis.from_url(redis_server.url, decode_responses=True)
