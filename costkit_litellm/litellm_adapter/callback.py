@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -89,11 +89,36 @@ def final_answer(model: str, answer: RequestAnswered) -> ModelResponse:
     return response
 
 
-def _response_dict(response: Any) -> dict[str, Any] | None:
-    """A non-streaming chat completion as a plain dict (None for streams and other objects)."""
+class _ResponseDict(Mapping[str, Any]):
+    """A chat completion read as a plain dict, dumped only when a stage first reads it (the cache
+    stores it; a kit without one never pays for ``model_dump``)."""
+
+    __slots__ = ("_dumped", "_response")
+
+    def __init__(self, response: ModelResponse) -> None:
+        self._response = response
+        self._dumped: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._dumped is None:
+            dumped = self._response.model_dump()
+            self._dumped = dumped if isinstance(dumped, dict) else {}
+        return self._dumped
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+def _response_dict(response: Any) -> Mapping[str, Any] | None:
+    """A non-streaming chat completion as a mapping (None for streams and other objects)."""
     if isinstance(response, ModelResponse) and hasattr(response, "model_dump"):
-        dumped = response.model_dump()
-        return dumped if isinstance(dumped, dict) else None
+        return _ResponseDict(response)
     return None
 
 
