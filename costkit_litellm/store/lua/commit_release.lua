@@ -9,22 +9,27 @@
 -- limits_spec (nothing changed: read the record and call again with its limits as 'r').
 local now = now_ms(ARGV[1])
 local call_id, amount, ttl = ARGV[2], ARGV[3], ARGV[4]
+-- No done marker while the record exists (the scripts that write the marker delete the record,
+-- and those that write the record refuse while the marker exists): the record alone decides.
 local release = false
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local spec = redis.call('HGET', KEYS[1], 'limits')
-  if spec then
-    if spec ~= ARGV[5] then
-      return {-1}
-    end
-    release = true
+local record = redis.call('HMGET', KEYS[1], 'limits', 'amount')
+if record[1] then
+  if record[1] ~= ARGV[5] then
+    return {-1}
   end
+  release = true
 end
 local commit = false
 if amount ~= '' then
-  local until_ms = redis.call('GET', KEYS[3])
-  if not (until_ms and tonumber(until_ms) > now) then
-    redis.call('SET', KEYS[3], int(now + tonumber(ttl)), 'PX', ttl)
+  -- once per call id: a new marker (SET NX), else one whose end has passed
+  if redis.call('SET', KEYS[3], int(now + tonumber(ttl)), 'PX', ttl, 'NX') then
     commit = true
+  else
+    local until_ms = redis.call('GET', KEYS[3])
+    if not (until_ms and tonumber(until_ms) > now) then
+      redis.call('SET', KEYS[3], int(now + tonumber(ttl)), 'PX', ttl)
+      commit = true
+    end
   end
 end
 if release then
@@ -43,7 +48,8 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
     end
     -- A live lease is given back; an expired one (counted as spent) is corrected to 0 where it
     -- was counted, after the commit above, as when commit and release ran one after the other.
-    if give_back and not unhold(s, l, a, call_id) then
+    -- the lease holds the record's amount (reserve writes both)
+    if give_back and not unhold(s, l, a, call_id, record[2]) then
       correct_expired(s, a, call_id, 0, now, w, bl)
     end
   end
