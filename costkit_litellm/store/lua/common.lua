@@ -13,13 +13,21 @@
 -- Amounts travel as decimal strings and are written with integer commands
 -- (HINCRBY); Lua numbers are doubles, exact up to 2^53.
 
+-- Integers whose sums Lua's doubles hold exactly (HINCRBY's 64-bit range is wider).
+local EXACT = 2 ^ 53
+local floor, format = math.floor, string.format
+
 -- Integers as decimal strings: Lua's default number formatting switches to exponents,
--- and '%.0f' of -0 gives '-0', which the integer commands reject.
+-- and '%.0f' of -0 gives '-0', which the integer commands reject. A whole number below 2^53
+-- prints the same with '%d' (an integer conversion, about twice as fast as '%.0f').
 local function int(x)
   if x == 0 then
     return '0'
   end
-  return string.format('%.0f', x)
+  if x > -EXACT and x < EXACT and x == floor(x) then
+    return format('%d', x)
+  end
+  return format('%.0f', x)
 end
 
 -- The time in ms: the caller's clock when given, else the server's TIME.
@@ -31,16 +39,10 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Integers whose sums Lua's doubles hold exactly (HINCRBY's 64-bit range is wider).
-local EXACT = 2 ^ 53
-
-local function exact(...)
-  for _, v in ipairs({...}) do
-    if not (v > -EXACT and v < EXACT) then
-      return false
-    end
-  end
-  return true
+-- True when a, b and their sum are exact in a double (then a + b is what HINCRBY would give).
+local function exact_sum(a, b)
+  local sum = a + b
+  return a > -EXACT and a < EXACT and b > -EXACT and b < EXACT and sum > -EXACT and sum < EXACT
 end
 
 -- Add amount to a counter (hash: v = value, x = end in ms) and return its new value; the ttl (ms,
@@ -59,7 +61,7 @@ local function incr_counter(key, now, amount, ttl, extend)
   local add = tonumber(amount)
   local stamp = ttl ~= '' and (created or extend == '1')
   local value
-  if old ~= nil and add ~= nil and exact(old, add, old + add) then
+  if old ~= nil and add ~= nil and exact_sum(old, add) then
     value = old + add
     if stamp then
       redis.call('HSET', key, 'v', int(value), 'x', int(now + tonumber(ttl)))

@@ -100,13 +100,23 @@ for i = 0, n - 1 do
     added[l] = true
   end
 end
+local reserved = {}  -- S -> reserved after this script's holds so far
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
   local w, bl, x, _, _, m, m_stored = unpack(windows[i], 1, 7)
   redis.call('HSET', a, call_id, ARGV[4])
-  redis.call('HINCRBY', s, 'r', ARGV[4])
+  local r = reserved[s] or before[i][2]
+  local fields, window_end = bound_fields(lease_until, m, m_stored), arg(i, 1)
+  -- when S gets an HSET anyway (m, or a new window end), r goes with it (HINCRBY's value)
+  if (#fields > 0 or (window_end > 0 and x ~= window_end)) and exact_sum(r, amount) then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = int(r + amount)
+  else
+    redis.call('HINCRBY', s, 'r', ARGV[4])
+  end
+  reserved[s] = r + amount
   -- reserved before > 0: L and A held a lease already (S.r is the sum of A over L)
-  set_window(s, l, a, arg(i, 1), now, x, before[i][2] > 0, bound_fields(lease_until, m, m_stored))
+  set_window(s, l, a, window_end, now, x, before[i][2] > 0, fields)
   -- an expired lease is counted in the bucket of its expiry: keep the keys until it leaves
   set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
 end
