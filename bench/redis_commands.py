@@ -31,16 +31,15 @@ import argparse
 import asyncio
 import logging
 import os
+import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import statistics
-import time
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -140,7 +139,6 @@ async def main_async(args: argparse.Namespace, server: RedisServer) -> None:
         routers[arm] = router
         kits.append(kit)
     RedisStore._source = staticmethod(own_source)  # type: ignore[method-assign]
-    assert server._proc is not None
     client = redis.Redis.from_url(server.url, decode_responses=True)
     runs: dict[str, list[Run]] = {arm: [] for arm in ARMS}
     offset = 1_000_000
@@ -203,7 +201,6 @@ async def store_main(args: argparse.Namespace, server: RedisServer) -> None:
         await store.start()
         await store_batch(store, arm[:3], 0, args.warmup, args.tasks)
         stores[arm] = store
-    assert server._proc is not None
     client = redis.Redis.from_url(server.url, decode_responses=True)
     runs: dict[str, list[Run]] = {arm: [] for arm in ARMS}
     offset = args.warmup
@@ -227,7 +224,9 @@ def print_tables(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     def requests(arm: str) -> int:
         return sum(r.requests for r in runs[arm])
 
-    what = f"RedisStore cycles, {args.tasks} tasks" if args.store else f"hot_path's pack, concurrency {args.concurrency}"
+    what = f"RedisStore cycles, {args.tasks} tasks"
+    if not args.store:
+        what = f"hot_path's pack, concurrency {args.concurrency}"
     print(
         f"\nRedis server cost per request: {what}, {args.requests} requests x {args.rounds} rounds per arm, "
         f"interleaved; old = {args.old_rev}; load average {os.getloadavg()[0]:.1f}.\n"
