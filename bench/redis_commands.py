@@ -109,11 +109,11 @@ def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
 
 async def one_run(router: Any, client: redis.Redis, args: argparse.Namespace, offset: int) -> Run:
     await hot_path.run_load(router, args.warmup, args.concurrency, offset)
-    await asyncio.sleep(0.5)  # the warm-up's logging callbacks (ledger appends)
+    await asyncio.sleep(0.5)  # the ledger's batched appends of the warm-up
     client.config_resetstat()
     before = server_cpu_s(client)
     await hot_path.run_load(router, args.requests, args.concurrency, offset + args.warmup)
-    await asyncio.sleep(1.0)  # this run's logging callbacks
+    await asyncio.sleep(1.0)  # this run's batched ledger appends
     cpu = server_cpu_s(client) - before
     return Run(args.requests, cpu, command_stats(client))
 
@@ -127,6 +127,7 @@ async def main_async(args: argparse.Namespace, server: RedisServer) -> None:
     sources = {"old scripts": scripts_at(args.old_rev), "new scripts": None}
     own_source = RedisStore._source
     routers: dict[str, Any] = {}
+    callbacks: dict[str, Any] = {}
     kits = []
     for arm in ARMS:
         old = sources[arm]
@@ -134,7 +135,8 @@ async def main_async(args: argparse.Namespace, server: RedisServer) -> None:
         RedisStore._source = staticmethod(own_source if old is None else old.__getitem__)  # type: ignore[method-assign]
         router = hot_path.make_router()
         kit = CostKit(parse_config(hot_path.pack_section(server.url)), registry=CollectorRegistry())
-        install(kit, router)
+        callbacks[arm] = install(kit, router)
+        hot_path.only(callbacks[arm], list(callbacks.values()))  # LiteLLM's callback lists are global
         await hot_path.run_load(router, 20, 4, 0)  # start the store with this arm's scripts
         routers[arm] = router
         kits.append(kit)
@@ -145,6 +147,7 @@ async def main_async(args: argparse.Namespace, server: RedisServer) -> None:
     for round_no in range(args.rounds):
         order = ARMS if round_no % 2 == 0 else ARMS[::-1]
         for arm in order:
+            hot_path.only(callbacks[arm], list(callbacks.values()))  # this arm's kit alone
             run = await one_run(routers[arm], client, args, offset)
             offset += args.warmup + args.requests
             runs[arm].append(run)
