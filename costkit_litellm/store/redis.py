@@ -7,6 +7,7 @@ travel on one auto-pipelined connection (``resp.PipelinedConnection``), the rest
 Layout (``P`` = prefix; braces are hash tags, so each group lives in one cluster slot)::
 
     P:{lim:K}:s  hash   c = committed, r = reserved, x = window end (ms)    one limit K
+                        m = a lower bound on its lease expiries (-1: none held)
                         rolling: w, bl = window and bucket (ms), b:J = spend in bucket J,
                         lo = lowest J present (c = sum of the buckets)
     P:{lim:K}:l  zset   call_id -> lease expiry (ms)                         its live leases
@@ -29,7 +30,12 @@ still can never pass a cap (contention can only cause spurious refusals); ``comm
 is ``commit`` then ``release``.
 
 The scripts read each limit's state once (``refresh``) and skip rewriting a window end it already
-holds; commands are packed with hiredis when it is installed (``_hiredis_packing``).
+holds; commands are packed with hiredis when it is installed (``_hiredis_packing``). Each
+``redis.call`` inside a script costs the server about a microsecond beyond the command, so the
+scripts skip the ones the state already answers: the lease list is searched for expired leases only
+when ``m`` is not later than now, a lease's key TTLs are set only when its keys may be new, a
+collision is found by the hold's ``ZADD NX``, and ``commit_and_release`` reads the record once and
+writes committed and reserved together (``bench/redis_commands.py`` counts them, old scripts vs new).
 
 Rolling limits keep their buckets in their own hash; buckets that left the window are dropped
 lazily by the scripts, and every write keeps the three keys alive for max(2 x window, lease).

@@ -274,3 +274,72 @@ class TestLedgerBatchScript:
         flags = await store.ledger_append_many([("bad", {"user.id": "a\ud800b"}), ("good", {"user.id": "c"})])
         assert flags == [True, True]
         assert {e.entry_id: e.fields["user.id"] for e in await store.ledger_read()} == {"bad": "a?b", "good": "c"}
+
+
+class TestScriptShortcuts:
+    """The scripts skip work the state proves needless (``S.m``, a lease already held, ``ZADD NX``): the
+    answers stay those of the full work."""
+
+    async def test_a_lease_left_without_its_record_is_still_a_collision_and_nothing_is_held(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """With the record gone but a lease of the id left on a limit, a reserve of that id is a collision
+        and holds nothing on the other limits, before or after that one."""
+        store = await make_redis_store()
+        assert (await store.reserve("a", 10, [Limit("x", 100)], 30)).ok
+        raw(redis_server, "DEL", f"{key_prefix}:{{call:a}}:r")
+        result = await store.reserve("a", 10, [Limit("y", 100), Limit("x", 100), Limit("z", 100)], 30)
+        assert result.collision and not result.ok
+        assert [(u.committed, u.reserved) for u in await store.usage(["x", "y", "z"])] == [(0, 10), (0, 0), (0, 0)]
+        assert raw(redis_server, "EXISTS", f"{key_prefix}:{{lim:y}}:l", f"{key_prefix}:{{lim:z}}:l") == 0
+
+    async def test_a_collision_answers_before_a_refusal_of_a_later_limit_only(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """Limit by limit as before: a lease of the id on a limit before the refusing one is a collision; a
+        refusal on an earlier limit answers first."""
+        store = await make_redis_store()
+        assert (await store.reserve("a", 10, [Limit("x", 100)], 30)).ok
+        raw(redis_server, "DEL", f"{key_prefix}:{{call:a}}:r")
+        assert (await store.reserve("a", 10, [Limit("x", 100), Limit("tiny", 5)], 30)).collision
+        refused = await store.reserve("a", 10, [Limit("tiny", 5), Limit("x", 100)], 30)
+        assert not refused.collision and refused.denied is not None and refused.denied.key == "tiny"
+
+    async def test_a_limit_written_without_its_lease_bound_still_expires_its_leases(
+        self, make_redis_store, redis_server, key_prefix
+    ):
+        """A limit whose hash has no ``m`` (written by older scripts) is searched for expired leases, which
+        count as spent as always."""
+        now = [1_800_000_000.0]
+        store = await make_redis_store(clock=lambda: now[0])
+        assert (await store.reserve("a", 40, [Limit("x", 100)], 30)).ok
+        raw(redis_server, "HDEL", f"{key_prefix}:{{lim:x}}:s", "m")
+        now[0] += 31
+        assert [(u.committed, u.reserved) for u in await store.usage(["x"])] == [(40, 0)]
+        assert await store.settle("a", 25)
+        assert [(u.committed, u.reserved) for u in await store.usage(["x"])] == [(25, 0)]
+
+    async def test_a_lease_renewed_shorter_expires_at_its_new_end(self, make_redis_store):
+        """Renewing to a shorter lease than the limit's earliest one still counts it as spent at its new end."""
+        now = [1_800_000_000.0]
+        store = await make_redis_store(clock=lambda: now[0])
+        assert (await store.reserve("long", 10, [Limit("x", 100)], 600)).ok
+        assert (await store.reserve("a", 40, [Limit("x", 100)], 300)).ok
+        assert await store.renew("a", 5)
+        now[0] += 6
+        assert [(u.committed, u.reserved) for u in await store.usage(["x"])] == [(40, 10)]
+
+    async def test_the_three_keys_of_a_windowed_limit_keep_its_ttl(self, make_redis_store, redis_server, key_prefix):
+        """Leases added while others are held, and after the last was released, leave the lease and amount
+        keys with the window's TTL, as its state hash."""
+        store = await make_redis_store()
+        limit = Limit("day", 10_000, expires_at=time.time() + 3600)
+        assert (await store.reserve("a", 10, [limit], 600)).ok
+        assert (await store.reserve("b", 10, [limit], 600)).ok  # L and A already held a lease
+        for call_id in ("a", "b"):
+            assert await store.commit_and_release(call_id, 5, [limit]) == FinishResult(True, True)
+        assert raw(redis_server, "EXISTS", f"{key_prefix}:{{lim:day}}:l") == 0  # the last release emptied it
+        assert (await store.reserve("c", 10, [limit], 600)).ok
+        assert (await store.reserve("d", 10, [limit], 600)).ok
+        for suffix in ("s", "l", "a"):
+            assert 3_500_000 < raw(redis_server, "PTTL", f"{key_prefix}:{{lim:day}}:{suffix}") <= 3_600_000

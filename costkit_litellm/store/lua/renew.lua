@@ -28,8 +28,13 @@ end
 local n = (#KEYS - first + 1) / 3
 for i = 0, n - 1 do
   local s, l, a = KEYS[first + 3 * i], KEYS[first + 3 * i + 1], KEYS[first + 3 * i + 2]
-  local w, bl = refresh(s, l, a, now, tonumber(ARGV[7 + 2 * i]), tonumber(ARGV[8 + 2 * i]))
+  local w, bl, _, _, _, m, m_stored = refresh(s, l, a, now, tonumber(ARGV[7 + 2 * i]), tonumber(ARGV[8 + 2 * i]))
   if redis.call('ZADD', l, 'XX', 'CH', now + lease_ms, call_id) == 1 then
+    -- a shorter lease moves S.m earlier (an S without m claims no bound)
+    local fields = bound_fields(now + lease_ms, m, m_stored)
+    if m_stored and #fields > 0 then
+      redis.call('HSET', s, unpack(fields))
+    end
     set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
   end
 end

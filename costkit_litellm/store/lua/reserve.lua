@@ -54,36 +54,69 @@ end
 local windows = {}
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
-  local w, bl, x, c, r = refresh(s, l, a, now, arg(i, 2), arg(i, 3))
-  windows[i] = {w, bl, x, c, r}
+  windows[i] = {refresh(s, l, a, now, arg(i, 2), arg(i, 3))}
 end
 if with_record and redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return reply({3})
 end
 -- usage before the hold, and how many times each limit is held (a key given twice holds twice)
-local before, times = {}, {}
+local before, times, refused = {}, {}, nil
 for i = 0, n - 1 do
-  local s, l = limit_keys(i)
-  if redis.call('ZSCORE', l, call_id) then
-    return reply({3})
-  end
+  local s = limit_keys(i)
   local c, r = windows[i][4], windows[i][5]
   if c == nil or times[s] then  -- changed by its refresh, or a key given twice: read it
     c, r = usage_of(s)
   end
   if c + r + amount > arg(i, 0) then
-    return reply({0, i + 1, int(c), int(r)})
+    refused = i
+    before[i] = {c, r}
+    break
   end
   before[i] = {c, r}
   times[s] = (times[s] or 0) + 1
 end
+-- A lease of call_id already on a limit is a collision. Limit by limit, a collision answers before
+-- a refusal of the same or a later limit: on a refusal look for one on the limits up to it; else
+-- the holds' ZADD NX find it (and the leases added before it are taken back: nothing held).
+if refused ~= nil then
+  for i = 0, refused do
+    local _, l = limit_keys(i)
+    if redis.call('ZSCORE', l, call_id) then
+      return reply({3})
+    end
+  end
+  return reply({0, refused + 1, int(before[refused][1]), int(before[refused][2])})
+end
+local added = {}
+for i = 0, n - 1 do
+  local s, l = limit_keys(i)
+  if not added[l] then  -- a key given twice: its second ZADD would change nothing
+    if redis.call('ZADD', l, 'NX', lease_until, call_id) == 0 then
+      for other in pairs(added) do
+        redis.call('ZREM', other, call_id)
+      end
+      return reply({3})
+    end
+    added[l] = true
+  end
+end
+local reserved = {}  -- S -> reserved after this script's holds so far
 for i = 0, n - 1 do
   local s, l, a = limit_keys(i)
-  redis.call('ZADD', l, lease_until, call_id)
+  local w, bl, x, _, _, m, m_stored = unpack(windows[i], 1, 7)
   redis.call('HSET', a, call_id, ARGV[4])
-  redis.call('HINCRBY', s, 'r', ARGV[4])
-  set_window(s, l, a, arg(i, 1), now, windows[i][3])
-  local w, bl = windows[i][1], windows[i][2]
+  local r = reserved[s] or before[i][2]
+  local fields, window_end = bound_fields(lease_until, m, m_stored), arg(i, 1)
+  -- when S gets an HSET anyway (m, or a new window end), r goes with it (HINCRBY's value)
+  if (#fields > 0 or (window_end > 0 and x ~= window_end)) and exact_sum(r, amount) then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = int(r + amount)
+  else
+    redis.call('HINCRBY', s, 'r', ARGV[4])
+  end
+  reserved[s] = r + amount
+  -- reserved before > 0: L and A held a lease already (S.r is the sum of A over L)
+  set_window(s, l, a, window_end, now, x, before[i][2] > 0, fields)
   -- an expired lease is counted in the bucket of its expiry: keep the keys until it leaves
   set_rolling(s, l, a, w, bl, lease_ms + 2 * w)
 end
