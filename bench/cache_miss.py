@@ -5,10 +5,11 @@ short questions such as "How do I reset my password (#17)?"), per miss:
 
 - **old path**: the stage as it was: exact get, then the embedding on sentence-transformers (torch,
   ``asyncio.to_thread``) for every miss, then the top-3 vector query and verification;
-- **new, scope with entries**: the same steps with MiniLM on onnxruntime in the embedder's worker;
+- **new, scope with entries**: the same steps with MiniLM on onnxruntime in the embedder's worker,
+  once per runtime (``--runtimes``, default ``onnx,onnx-int8``: the fp32 file and the int8 one);
 - **new, empty scope** (a new tenant, conversation or parameter set: the common miss): the exact
   get tells the scope is empty, so nothing is embedded before the call; the vector for storing the
-  answer is computed in the background (its CPU is shown apart).
+  answer is computed in the background (its CPU is shown apart), per runtime too.
 
 CPU is the process's CPU time (every thread) around ``on_request``, and apart the CPU of the
 event-loop thread itself (what the loop could not spend on other requests). Loop blocking: a ticker task
@@ -21,7 +22,7 @@ request a miss, stored after the answer), cache off against cache on, side by si
 request is the proxy's process group plus Redis, from /proc.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 python bench/cache_miss.py
-    ... --misses 200 --duration 10 --concurrency 16 [--skip-proxy]
+    ... --misses 200 --duration 10 --concurrency 16 [--skip-proxy] [--runtimes onnx,onnx-int8]
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: reuse pack_overhead.py
 from pack_overhead import ArmResult, run_wrk
 
@@ -47,7 +50,7 @@ from costkit_litellm.cache.redis_backend import RedisCache
 from costkit_litellm.cache.scope import CacheEntry, decide
 from costkit_litellm.cache.stage import CacheStage
 from costkit_litellm.context import RequestContext, SamplingParams
-from costkit_litellm.embeddings import LOCAL_MINILM, Vectors
+from costkit_litellm.embeddings import LOCAL_MINILM, Vectors, normalise
 from costkit_litellm.embeddings.local import LocalEmbedder
 from costkit_litellm.pipeline import Admission
 from costkit_litellm.pricing import CostEstimate
@@ -196,26 +199,29 @@ async def idle_lag(samples: int) -> Arm:
     return arm
 
 
-async def in_process(redis_url: str, misses: int) -> list[tuple[str, Arm]]:
+async def in_process(redis_url: str, misses: int, runtimes: Sequence[str]) -> list[tuple[str, Arm]]:
     config = CacheConfig(enabled=True)
-    onnx = LocalEmbedder(runtime="onnx")
+    embedders = {runtime: LocalEmbedder(runtime=runtime) for runtime in runtimes}
     old = OldEmbedder()
-    onnx.embed_sync(["warm up"])
+    for embedder in embedders.values():
+        embedder.embed_sync(["warm up"])
     old.inner.embed_sync(["warm up"])
     arms: list[tuple[str, Arm]] = [("idle", await idle_lag(max(20, misses // 2)))]
-    plans: list[tuple[str, Any, bool, bool]] = [
-        ("old path: torch, every miss embeds + searches", old, True, False),
-        ("new: onnx, scope with entries (embed + search)", onnx, False, False),
-        ("new: onnx, empty scope (no embedding before the call)", onnx, False, True),
+    plans: list[tuple[str, Any, LocalEmbedder, bool, bool]] = [
+        ("old path: torch, every miss embeds + searches", old, old.inner, True, False)
     ]
-    for name, embedder, always, empty in plans:
+    for runtime, embedder in embedders.items():
+        plans.append((f"new: {runtime}, scope with entries (embed + search)", embedder, embedder, False, False))
+    for runtime, embedder in embedders.items():
+        plans.append((f"new: {runtime}, empty scope (no embedding before the call)", embedder, embedder, False, True))
+    for name, embedder, filler, always, empty in plans:
         prefix = f"bench-miss-{uuid.uuid4().hex[:6]}"
         backend_type = AlwaysSearch if always else RedisCache
         backend = backend_type(redis_url, prefix=prefix, ttl_s=3600, max_entries=100_000, timeout_s=5.0)
         stage = CacheStage(config, store_url=redis_url, prefix=prefix, embedder=lambda e=embedder: e, backend=backend)
         tag = uuid.uuid4().hex[:8]
         if not empty:
-            await fill(stage, onnx, tag)
+            await fill(stage, filler, tag)  # entries' vectors from the arm's own runtime, as its replicas would store
         cpu_arm = await one_arm(name, stage, tag, empty, misses, ticker=False)
         lag_arm = await one_arm(name, stage, tag, empty, max(20, misses // 2), ticker=True)
         cpu_arm.lag = lag_arm.lag
@@ -223,6 +229,73 @@ async def in_process(redis_url: str, misses: int) -> list[tuple[str, Arm]]:
         print(f"  {name}: CPU p50 {pct(cpu_arm.cpu, 0.5):.2f} ms", file=sys.stderr)
         await stage.close()
     return arms
+
+
+async def breakdown(redis_url: str, runtimes: Sequence[str], repeat: int) -> list[list[str]]:
+    """CPU of each step of a miss in a scope with entries, timed apart (ms, p50 over ``repeat`` misses)."""
+    from costkit_litellm.embeddings.onnx_minilm import OnnxMiniLM
+
+    rows: list[list[str]] = []
+    config = CacheConfig(enabled=True)
+    for runtime in runtimes:
+        embedder = LocalEmbedder(runtime=runtime)
+        embedder.embed_sync(["warm up"])
+        prefix = f"bench-miss-{uuid.uuid4().hex[:6]}"
+        backend = RedisCache(redis_url, prefix=prefix, ttl_s=3600, max_entries=100_000, timeout_s=5.0)
+        stage = CacheStage(config, store_url=redis_url, prefix=prefix, embedder=lambda e=embedder: e, backend=backend)
+        tag = uuid.uuid4().hex[:8]
+        await fill(stage, embedder, tag)
+        model: OnnxMiniLM | None = None
+        if runtime.startswith("onnx"):
+            from costkit_litellm.embeddings.local import local_model_path
+            from costkit_litellm.embeddings.onnx_minilm import exported_path
+
+            precision = "int8" if runtime == "onnx-int8" else "fp32"
+            model = OnnxMiniLM(local_model_path(), exported_path(local_model_path(), precision=precision))
+        steps: dict[str, list[float]] = {}
+
+        def timed(name: str, started: float, steps: dict[str, list[float]] = steps) -> None:
+            steps.setdefault(name, []).append(time.process_time() - started)
+
+        for i in range(repeat + 10):
+            context, messages = request(i, tag)
+            keys = decide(context, messages, MODEL, config, config.embedding_model).keys
+            assert keys is not None
+            text = messages[-1]["content"]
+            started = time.process_time()
+            await backend.lookup(keys.entry_id, keys.scope)
+            timed("exact get + scope marker (one round trip)", started)
+            if model is not None:
+                started = time.process_time()
+                encodings = model._tokenizer.encode_batch([text])
+                timed("  tokenizer (tokenizers, Rust)", started)
+                ids = np.array([encodings[0].ids], dtype=np.int64)
+                mask = np.ones_like(ids)
+                feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+                started = time.process_time()
+                (states,) = model._session.run(["last_hidden_state"], feed)
+                timed("  session.run (the transformer)", started)
+                started = time.process_time()
+                normalise(states.mean(axis=1))
+                timed("  mean pooling + L2 normalise", started)
+            started = time.process_time()
+            embedder.embed_sync([text])
+            timed("embedding, in the calling thread", started)
+            started = time.process_time()
+            vector = (await embedder.embed([text]))[0]
+            timed("embedding, through the worker thread", started)
+            started = time.process_time()
+            candidates = await backend.search(keys.scope, vector, config.top_k, stage.min_similarity)
+            timed("top-3 vector query", started)
+            started = time.process_time()
+            for candidate in candidates:
+                if candidate.entry.vector is not None:
+                    stage.verifier.verify(text, vector, candidate.entry.text, candidate.entry.vector)
+            timed(f"verification ({len(candidates)} candidates)", started)
+        await stage.close()
+        for name, values in steps.items():
+            rows.append([runtime, name, f"{pct(values[10:], 0.5):.3f}", f"{pct(values[10:], 0.99):.3f}"])
+    return rows
 
 
 # --------------------------------------------------------------------------- proxy
@@ -251,19 +324,29 @@ end
 SYSTEM_SHARED = '"You are a support assistant."'
 SYSTEM_UNIQUE = '"You are a support assistant (session " .. run .. "-" .. n .. ")."'
 
-PROXY_ARMS: dict[str, tuple[bool, str | None, str]] = {
-    "proxy, cache off": (False, None, SYSTEM_SHARED),
-    "proxy, cache on, torch runtime (old embedding path), scope with entries": (True, "torch", SYSTEM_SHARED),
-    "proxy, cache on, onnx, scope with entries": (True, "onnx", SYSTEM_SHARED),
-    "proxy, cache on, onnx, empty scope (each request a new conversation)": (True, "onnx", SYSTEM_UNIQUE),
-}
+
+def proxy_arms(runtimes: Sequence[str]) -> dict[str, tuple[bool, str | None, str]]:
+    """Cache off, the torch runtime, then each runtime in a shared scope and with empty scopes."""
+    arms: dict[str, tuple[bool, str | None, str]] = {
+        "proxy, cache off": (False, None, SYSTEM_SHARED),
+        "proxy, cache on, torch runtime (old embedding path), scope with entries": (True, "torch", SYSTEM_SHARED),
+    }
+    for runtime in runtimes:
+        arms[f"proxy, cache on, {runtime}, scope with entries"] = (True, runtime, SYSTEM_SHARED)
+    for runtime in runtimes:
+        arms[f"proxy, cache on, {runtime}, empty scope (each request a new conversation)"] = (
+            True,
+            runtime,
+            SYSTEM_UNIQUE,
+        )
+    return arms
 
 
 def bench_proxy(args: argparse.Namespace, server: RedisServer) -> list[tuple[str, ArmResult, int]]:
     results: list[tuple[str, ArmResult, int]] = []
     folder = Path(tempfile.mkdtemp(prefix="costkit-bench-miss-"))
     redis_pid = server._proc.pid if server._proc is not None else 0
-    for index, (name, (cache_on, runtime, system)) in enumerate(PROXY_ARMS.items()):
+    for index, (name, (cache_on, runtime, system)) in enumerate(proxy_arms(args.runtimes).items()):
         prefix = f"bench-miss-proxy{index}-{uuid.uuid4().hex[:6]}"
         # Distinct questions that differ only in an id can pass as paraphrases; a threshold of 0.9999
         # keeps every request a miss while each still embeds, searches and stores.
@@ -327,6 +410,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load per proxy arm first")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--breakdown", type=int, default=0, help="also time each step of a miss apart, N times")
+    parser.add_argument(
+        "--runtimes",
+        type=lambda value: [r.strip() for r in value.split(",") if r.strip()],
+        default=["onnx", "onnx-int8"],
+        help="local embedder runtimes measured side by side (comma-separated; the torch arm always runs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -337,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.skip_proxy and shutil.which("wrk") is None:
         raise SystemExit("wrk not found on PATH (Debian: apt-get install wrk), or pass --skip-proxy")
     with RedisServer(search=True) as server:
-        arms = asyncio.run(in_process(server.url, args.misses))
+        steps = asyncio.run(breakdown(server.url, args.runtimes, args.breakdown)) if args.breakdown else []
+        arms = asyncio.run(in_process(server.url, args.misses, args.runtimes))
         proxy = [] if args.skip_proxy else bench_proxy(args, server)
     print(
         f"\n## cache miss cost ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
@@ -345,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "mock deployment, every request a distinct question)\n"
     )
     print(table(arms, proxy, args))
+    if steps:
+        print("\n### where a miss in a scope with entries spends its CPU (each step timed apart, process CPU ms)\n")
+        print("| runtime | step | p50 | p99 |\n|---|---|---:|---:|")
+        print("\n".join(f"| {' | '.join(row)} |" for row in steps))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ with RediSearch (its embedding call answered from the same MiniLM vectors), and 
 verification stage at its shipped defaults (plus ablations and the trade-off curve).
 
     LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 python bench/cache_quality.py
+    ... --runtime onnx-int8                          # the same tables with another runtime's vectors
+    ... --runtime onnx-int8 --cached-runtime onnx    # new questions int8, cached entries fp32 (a mixed fleet)
 
 Embeddings are computed once and cached under ``~/.cache/costkit/``. Skips (exit 0) with a
 message when ``../shared`` is absent.
@@ -226,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--no-litellm", action="store_true", help="skip running LiteLLM's RedisSemanticCache")
     parser.add_argument("--litellm-sample", type=int, default=0, help="held pairs to run through LiteLLM (0: all)")
+    parser.add_argument(
+        "--runtime", default=None, help="local embedder runtime: auto, onnx, onnx-int8 or torch (default: as it picks)"
+    )
+    parser.add_argument(
+        "--cached-runtime",
+        default=None,
+        help="embed the cached side of each pair on this runtime instead (entries written by other replicas)",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"skipped: {args.data} is absent (the evaluation data lives beside the project in ../shared)")
@@ -241,11 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     conversations += [f"{ctx}{q}" for a, b, q in MULTI_TURN for ctx in (a, b)]  # LiteLLM joins with ""
     texts = [p.a for p in pairs] + [p.b for p in pairs] + [t for p in trap_pairs for t in (p.a, p.b)]
     texts += turns + conversations + [f"{r}{q}" for (_, r), (_, _, q) in zip(REWORDED, MULTI_TURN, strict=False)]
-    vectors_list = embed_cached(texts)
+    vectors_list = embed_cached(texts, runtime=args.runtime)
     vectors = {t: vectors_list[i] for i, t in enumerate(texts)}
+    cached = vectors
+    if args.cached_runtime:
+        cached_texts = [p.a for p in pairs] + [p.a for p in trap_pairs]
+        cached_list = embed_cached(cached_texts, runtime=args.cached_runtime)
+        cached = {t: cached_list[i] for i, t in enumerate(cached_texts)}
 
     def uv(ps: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
-        return np.stack([vectors[p.a] for p in ps]), np.stack([vectors[p.b] for p in ps])
+        return np.stack([cached[p.a] for p in ps]), np.stack([vectors[p.b] for p in ps])
 
     u, v = uv(held)
     sim = np.einsum("ij,ij->i", u, v)
@@ -254,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_neg = np.sort(tune_sim[~np.array([p.duplicate for p in tune])])[::-1]
     static_1pct = float(tune_neg[int(0.01 * len(tune_neg))]) + 1e-6
     print(f"qqp-dev: {len(pairs)} pairs; held-back split: {len(held)} ({sum(p.duplicate for p in held)} duplicates)")
-    print(f"embedder: local/all-MiniLM-L6-v2; traps: {len(traps)} pairs from {TRAPS.relative_to(ROOT)}")
+    runtime = args.runtime or os.environ.get("COSTKIT_EMBEDDINGS_RUNTIME") or "auto"
+    mixed = f", cached side on {args.cached_runtime}" if args.cached_runtime else ""
+    where = TRAPS.relative_to(ROOT)
+    print(f"embedder: local/all-MiniLM-L6-v2 (runtime {runtime}{mixed}); traps: {len(traps)} pairs from {where}")
 
     default = Verifier()
     notes = {LITELLM_THRESHOLD: " (LiteLLM documented)", REDISVL_DEFAULT_SIMILARITY: " (RedisVL default distance 0.1)"}

@@ -33,6 +33,12 @@ def add_cache_parser(subparsers: Any) -> argparse.ArgumentParser:
     export.add_argument(
         "--dir", default=None, help="where to write it (default: $COSTKIT_ONNX_DIR or ~/.cache/costkit/onnx)"
     )
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "both"),
+        default="fp32",
+        help="fp32 (runtime onnx, the default) or int8 (runtime onnx-int8; needs the fp32 file, made too)",
+    )
     for parser in (stats, clear):
         parser.add_argument(
             "--config", default="proxy_config.yaml", help="the proxy config file whose costkit: section to use"
@@ -73,30 +79,32 @@ async def _run(args: argparse.Namespace, backend: CacheBackend, where: str) -> i
         await backend.close()
 
 
-def export_onnx_file(directory: str | None) -> int:
-    """``costkit cache export-onnx``: the file's path on stdout; 1 when it cannot be made here."""
+def export_onnx_file(directory: str | None, precision: str = "fp32") -> int:
+    """``costkit cache export-onnx``: each file's path on stdout; 1 when one cannot be made here."""
     from pathlib import Path
 
     from costkit_litellm.embeddings import EmbedderUnavailable
     from costkit_litellm.embeddings.local import export_onnx, local_model_path
     from costkit_litellm.embeddings.onnx_minilm import exported_path
 
+    precisions = ("fp32", "int8") if precision == "both" else (precision,)
     try:
         model_dir = local_model_path()
-        target = exported_path(model_dir, Path(directory) if directory else None)
-        if not target.is_file():
-            export_onnx(model_dir, target)
+        for wanted in precisions:
+            target = exported_path(model_dir, Path(directory) if directory else None, wanted)
+            if not target.is_file():
+                export_onnx(model_dir, target, wanted)
+            print(target)
     except EmbedderUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(target)
     return 0
 
 
 def run_cache(args: argparse.Namespace) -> int:
     """Run ``costkit cache stats|clear|export-onnx``; 1 on a bad config, scope or unreachable Redis."""
     if args.cache_command == "export-onnx":
-        return export_onnx_file(args.dir)
+        return export_onnx_file(args.dir, args.precision)
     try:
         config = load_config(args.config)
         backend = make_backend(config.cache, config.redis_url, config.key_prefix)

@@ -79,15 +79,22 @@ def split_of(pair: Pair, seed: str = SPLIT_SEED) -> str:
     return "tune" if digest[0] % 2 == 0 else "held"
 
 
-def embed_cached(texts: Sequence[str], cache_dir: Path = EMBEDDING_CACHE) -> Vectors:
-    """MiniLM vectors of ``texts`` (one row each); each distinct text is embedded once, ever.
+def embed_cached(texts: Sequence[str], cache_dir: Path = EMBEDDING_CACHE, runtime: str | None = None) -> Vectors:
+    """MiniLM vectors of ``texts`` (one row each) from the local embedder on ``runtime`` (default: as
+    ``LocalEmbedder`` picks it); each distinct text is embedded once, ever, per vector space.
 
     ``cache_dir`` holds ``minilm-*.npz`` files of ``digests`` (the first 16 bytes of each text's
     sha256, one uint8 row each) and ``vectors``; texts found in none of them are embedded and saved
-    as a new file.
+    as a new file. fp32 vectors (onnx and torch, which agree) and int8 ones (``onnx-int8``) are kept
+    apart by the digest.
     """
+    from costkit_litellm.embeddings.local import LocalEmbedder
+
+    embedder = LocalEmbedder(batch_size=128, runtime=runtime)
+    space = embedder.vector_space()
+    name = LOCAL_MINILM if space == "fp32" else f"{LOCAL_MINILM}@{space}"
     unique = sorted(set(texts))
-    digests = {t: hashlib.sha256(f"{LOCAL_MINILM}\0{t}".encode()).digest()[:16] for t in unique}
+    digests = {t: hashlib.sha256(f"{name}\0{t}".encode()).digest()[:16] for t in unique}
     known: dict[bytes, Vectors] = {}
     wanted = set(digests.values())
     for path in sorted(cache_dir.glob("minilm-*.npz")):
@@ -97,16 +104,15 @@ def embed_cached(texts: Sequence[str], cache_dir: Path = EMBEDDING_CACHE) -> Vec
                     known[digest] = vector
     missing = [t for t in unique if digests[t] not in known]
     if missing:
-        from costkit_litellm.embeddings.local import LocalEmbedder
-
-        _limit_threads()
-        fresh = LocalEmbedder(batch_size=128).embed_sync(missing)
+        if space != "int8":
+            _limit_threads()
+        fresh = embedder.embed_sync(missing)
         new_digests = np.frombuffer(b"".join(digests[t] for t in missing), dtype=np.uint8).reshape(-1, 16)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(new_digests.tobytes()).hexdigest()[:24]
-        partial = cache_dir / f"partial-{name}.npz"
+        file_name = hashlib.sha256(new_digests.tobytes()).hexdigest()[:24]
+        partial = cache_dir / f"partial-{file_name}.npz"
         np.savez(partial, digests=new_digests, vectors=fresh)
-        partial.replace(cache_dir / f"minilm-{name}.npz")
+        partial.replace(cache_dir / f"minilm-{file_name}.npz")
         known.update(zip((digests[t] for t in missing), fresh, strict=True))
     return np.stack([known[digests[t]] for t in texts]).astype(np.float32)
 

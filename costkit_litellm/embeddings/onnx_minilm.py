@@ -13,6 +13,15 @@ Inference is what sentence-transformers does for this model: WordPiece with the 
 transformer, the mean of the token states under the attention mask, L2 normalisation. One
 intra-op thread: for one short sentence more threads only add synchronisation, and the proxy's
 event loop needs the other core.
+
+**int8** (``model-int8.onnx`` beside it, runtime ``onnx-int8``): the same transformer exported with
+eager attention, fused by onnxruntime's BERT optimizer (Attention, SkipLayerNormalization, BiasGelu:
+46 nodes instead of about 700) and quantised by ``quantize_dynamic`` (``INT8_QUANTIZATION``). The
+weights are int8 per output channel; each activation is quantised per call (uint8, one scale per
+tensor), which onnxruntime runs on AMX/VNNI. Because that scale spans the whole input, a text is
+never batched with others: each text runs alone, unpadded, so its vector does not depend on what else
+was waiting. Vectors agree with fp32 to cosine >= ``MIN_INT8_AGREEMENT``; whether the cache may use
+them is decided by ``bench/cache_quality.py``, not by that figure.
 """
 
 from __future__ import annotations
@@ -42,6 +51,18 @@ CHECK_SENTENCES = (
     "x",
 )
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PRECISIONS = ("fp32", "int8")
+MIN_INT8_AGREEMENT = 0.98
+"""Least cosine similarity between the int8 file's vectors and the fp32 file's ones (a broken file fails it)."""
+INT8_QUANTIZATION: dict[str, object] = {
+    "op_types_to_quantize": ["MatMul"],
+    "per_channel": True,
+    "reduce_range": False,
+}
+"""``quantize_dynamic`` settings of the int8 file: the 18 dense layers' weights int8 per output channel,
+their inputs uint8 per call; attention scores (the fused Attention node), layer norms and the embedding
+table stay fp32. Of the variants measured (bench/README.md) this one kept the most cache quality at the
+same speed: quantising Attention too or per-tensor weights moved vectors more (cosine 0.970-0.995)."""
 
 
 def onnx_dir() -> Path:
@@ -63,9 +84,17 @@ def weights_digest(model_dir: Path) -> str:
     return hasher.hexdigest()[:16]
 
 
-def exported_path(model_dir: Path, root: Path | None = None) -> Path:
-    """The model file exported from ``model_dir`` (it may not exist yet)."""
-    return (root or onnx_dir()) / f"minilm-{weights_digest(model_dir)}" / "model.onnx"
+def exported_path(model_dir: Path, root: Path | None = None, precision: str = "fp32") -> Path:
+    """The model file exported from ``model_dir`` in ``precision`` (fp32 or int8; it may not exist yet)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    name = "model.onnx" if precision == "fp32" else f"model-{precision}-{_recipe()}.onnx"
+    return (root or onnx_dir()) / f"minilm-{weights_digest(model_dir)}" / name
+
+
+def _recipe() -> str:
+    """Names the int8 recipe in the file name, so a changed recipe makes a new file."""
+    return hashlib.sha256(json.dumps(INT8_QUANTIZATION, sort_keys=True).encode()).hexdigest()[:8]
 
 
 class OnnxMiniLM:
@@ -97,7 +126,8 @@ class OnnxMiniLM:
         return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        """One L2-normalised float32 row per text (a batch is padded to its longest text)."""
+        """One L2-normalised float32 row per text (a batch is padded to its longest text; keep int8 files to one
+        text per call, see the module's docstring)."""
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         encodings = self._tokenizer.encode_batch(list(texts))
