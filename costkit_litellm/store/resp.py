@@ -33,6 +33,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+FLUSH_AT = 16
+"""A loop turn that queues this many commands writes them at once, without waiting for the turn's
+end, so that the server starts on them while the loop packs more."""
+
 
 class ReplyLost(RedisConnectionError):
     """The command was written but its reply will not come (connection lost while waiting): it
@@ -105,6 +109,8 @@ class PipelinedConnection:
         self._outbox.append(data)
         if len(self._outbox) == 1:  # the first command of this loop turn: one write for all of them
             loop.call_soon(self._flush)
+        elif len(self._outbox) >= FLUSH_AT:  # the server starts on these while the loop packs more
+            self._flush()
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._watch)
         return await future

@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from costkit_litellm.store.base import StoreError
 from costkit_litellm.store.redis import RedisStore
-from costkit_litellm.store.resp import PipelinedConnection, ReplyLost, pack, supported
+from costkit_litellm.store.resp import FLUSH_AT, PipelinedConnection, ReplyLost, pack, supported
 from costkit_litellm.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -149,14 +149,18 @@ async def test_a_reply_written_back_while_the_loop_is_blocked_is_delivered(redis
 
 
 async def test_commands_of_one_loop_turn_leave_in_one_write(conn: PipelinedConnection) -> None:
-    """Concurrent commands are written together (one write per loop turn) and each still gets its own reply."""
+    """Concurrent commands leave together (one write per loop turn, or per FLUSH_AT), each with its own reply."""
     assert await conn.execute("PING") == "PONG"
     assert conn._writer is not None
     writes: list[bytes] = []
     real = conn._writer.write
     conn._writer.write = lambda data: (writes.append(data), real(data))[1]  # type: ignore[method-assign]
-    replies = await asyncio.gather(*(conn.execute("ECHO", str(i)) for i in range(20)))
-    assert replies == [str(i) for i in range(20)] and len(writes) == 1
+    replies = await asyncio.gather(*(conn.execute("ECHO", str(i)) for i in range(FLUSH_AT - 1)))
+    assert replies == [str(i) for i in range(FLUSH_AT - 1)] and len(writes) == 1
+    writes.clear()
+    many = 3 * FLUSH_AT + 1
+    replies = await asyncio.gather(*(conn.execute("ECHO", str(i)) for i in range(many)))
+    assert replies == [str(i) for i in range(many)] and len(writes) == 4  # every FLUSH_AT, then the rest
 
 
 async def test_user_password_and_database_from_the_url(redis_server: RedisServer) -> None:
