@@ -53,6 +53,9 @@ def rolling_seconds(window: str) -> int | None:
 
 
 _TOTAL = Slot("total", None, None, None)
+_EDGE_S = 0.001
+"""Within this of a slot's edges the slot is computed afresh (``datetime.fromtimestamp`` rounds to
+the microsecond: an instant a few nanoseconds before midnight already belongs to the next day)."""
 _calendar: dict[tuple[str, ZoneInfo], tuple[float, float, Slot]] = {}
 """The last calendar slot computed per (window, timezone), with the span [start, end) it covers."""
 
@@ -66,7 +69,7 @@ def slot(window: str, now: float, tz: ZoneInfo) -> Slot:
     if window == "total":
         return _TOTAL
     cached = _calendar.get((window, tz))
-    if cached is not None and cached[0] <= now < cached[1]:
+    if cached is not None and cached[0] + _EDGE_S <= now < cached[1] - _EDGE_S:
         return cached[2]
     start, current = _calendar_slot(window, now, tz)
     assert current.expires_at is not None

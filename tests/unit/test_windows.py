@@ -22,7 +22,7 @@ class TestCalendarSlots:
         zone=st.sampled_from(ZONES),
         window=st.sampled_from(("day", "month")),
         offsets=st.lists(st.floats(0, SPAN, allow_nan=False), min_size=1, max_size=20),
-        near=st.lists(st.floats(-7200, 7200, allow_nan=False), max_size=20),
+        near=st.lists(st.floats(-7200, 7200, allow_nan=False) | st.floats(-1e-5, 1e-5, allow_nan=False), max_size=20),
     )
     def test_a_remembered_slot_equals_the_fresh_one(
         self, zone: str, window: str, offsets: list[float], near: list[float]
@@ -45,3 +45,11 @@ class TestCalendarSlots:
         assert (before.id, after.id) == ("2026-03-28", "2026-03-29")
         next_midnight = datetime(2026, 3, 29, tzinfo=tz) + timedelta(days=1)
         assert after.expires_at == next_midnight.timestamp() and after.expires_at - midnight == 23 * 3600
+
+    def test_an_instant_a_hair_before_midnight_is_in_the_day_datetime_puts_it_in(self) -> None:
+        """0.12 us before midnight is midnight to datetime (it rounds to the us): the remembered slot agrees."""
+        tz = ZoneInfo("UTC")
+        midnight = datetime(2025, 1, 2, tzinfo=tz).timestamp()
+        slot("day", midnight - 3600, tz)  # remember 2025-01-01
+        for now in (midnight - 1.192092896e-07, midnight - 4e-7, midnight - 6e-7, midnight):
+            assert slot("day", now, tz) == windows._calendar_slot("day", now, tz)[1]
