@@ -1,0 +1,87 @@
+"""Review: a router fallback (the first deployment fails, the fallback answers) keeps its request's
+hold until the fallback's answer is settled, so concurrent requests cannot spend the same headroom."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from test_budgets_proxy import COMPLETION_TOKENS, MAX_TOKENS, PROMPT_TOKENS, nano, redis_store, settled, unique, usd
+
+from costkit_litellm.testing.fake_provider import FakeProvider
+from costkit_litellm.testing.proxy_server import ProxyServer, base_config, enable_costkit, openai_deployment
+from costkit_litellm.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+USER = "fallback"
+REQUESTS = 40
+
+
+@pytest.fixture(scope="module")
+def fallback_provider() -> Iterator[FakeProvider]:
+    with FakeProvider(prompt_tokens=PROMPT_TOKENS, completion_tokens=COMPLETION_TOKENS) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def fallback_proxy(
+    config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer, fallback_provider: FakeProvider
+) -> Iterator[tuple[ProxyServer, str, int]]:
+    """'primary' always fails (429); the router falls back to 'backup', which answers after 1.5 s."""
+    prefix = unique("fallback")
+    models = [
+        openai_deployment("primary", fallback_provider.base_url, extra_headers={"x-fake-fail": "429"}),
+        openai_deployment("backup", fallback_provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
+    ]
+    config = base_config(models, num_retries=0)
+    config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
+    # a cap of 5 worst cases (gpt-4o-mini: 5 prompt tokens x 150 + 40 x 600 n$ at most, counted a little higher)
+    limit = 5 * 26_000
+    costkit = {
+        "redis_url": redis_server.url,
+        "key_prefix": prefix,
+        "budgets": [{"name": "fb", "scope": "user", "values": [USER], "limit_usd": usd(limit), "window": "total"}],
+    }
+    with ProxyServer(config_writer(unique("fallback"), enable_costkit(config, costkit))) as proxy:
+        yield proxy, prefix, limit
+
+
+async def test_concurrent_fallbacks_never_spend_past_the_cap(
+    fallback_proxy: tuple[ProxyServer, str, int], redis_server: RedisServer
+) -> None:
+    """40 concurrent requests whose first deployment fails and whose fallback answers: at most the cap
+    is committed (the failed attempt must not give the hold back while the fallback still runs)."""
+    proxy, prefix, limit = fallback_proxy
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
+    )
+
+    async def one(i: int) -> tuple[int, Mapping[str, str]]:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="primary",
+                max_tokens=MAX_TOKENS,
+                messages=[{"role": "user", "content": f"hi {i}"}],
+                extra_body={"metadata": {"user_id": USER}},
+            )
+            return raw.status_code, raw.headers
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.headers
+
+    results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+    await client.close()
+    statuses = [s for s, _ in results]
+    worst = {h.get("x-costkit-max-cost-usd") for s, h in results if s == 200}
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, f"budget:fb:total:{USER}:")
+    print("\nstatuses", {s: statuses.count(s) for s in set(statuses)}, "worst", worst, "final", final, "limit", limit)
+    assert set(statuses) <= {200, 429}, statuses
+    assert final.reserved == 0
+    assert final.committed <= limit, (final, limit, statuses.count(200))
+    costs = [nano(h["x-costkit-cost-usd"]) for s, h in results if s == 200]
+    assert final.committed == sum(costs)
