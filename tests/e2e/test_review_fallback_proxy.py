@@ -85,3 +85,64 @@ async def test_concurrent_fallbacks_never_spend_past_the_cap(
     assert final.committed <= limit, (final, limit, statuses.count(200))
     costs = [nano(h["x-costkit-cost-usd"]) for s, h in results if s == 200]
     assert final.committed == sum(costs)
+
+
+@pytest.fixture(scope="module")
+def retry_proxy(
+    config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer
+) -> Iterator[tuple[ProxyServer, str, int]]:
+    """LiteLLM retries (num_retries 3) against a provider failing 60% of calls (500) after 300 ms."""
+    with FakeProvider(
+        latency_s=0.3,
+        failure_rate=0.6,
+        failure_statuses=(500,),
+        seed=3,
+        prompt_tokens=PROMPT_TOKENS,
+        completion_tokens=COMPLETION_TOKENS,
+    ) as fake:
+        prefix = unique("retry")
+        config = base_config([openai_deployment("mini", fake.base_url)], num_retries=3)
+        config["router_settings"] = {"num_retries": 3, "retry_after": 0, "disable_cooldowns": True}
+        limit = 5 * 26_000
+        costkit = {
+            "redis_url": redis_server.url,
+            "key_prefix": prefix,
+            "budgets": [{"name": "fb", "scope": "user", "values": [USER], "limit_usd": usd(limit), "window": "total"}],
+        }
+        with ProxyServer(config_writer(unique("retry"), enable_costkit(config, costkit))) as proxy:
+            yield proxy, prefix, limit
+
+
+async def test_concurrent_retries_never_spend_past_the_cap(
+    retry_proxy: tuple[ProxyServer, str, int], redis_server: RedisServer
+) -> None:
+    """40 concurrent requests that LiteLLM retries after provider failures: at most the cap is
+    committed, nothing stays held, and the commits are the answered requests' cost headers."""
+    proxy, prefix, limit = retry_proxy
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
+    )
+
+    async def one(i: int) -> tuple[int, Mapping[str, str]]:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="mini",
+                max_tokens=MAX_TOKENS,
+                messages=[{"role": "user", "content": f"hi {i}"}],
+                extra_body={"metadata": {"user_id": USER}},
+            )
+            return raw.status_code, raw.headers
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.headers
+
+    results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+    await client.close()
+    statuses = [s for s, _ in results]
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, f"budget:fb:total:{USER}:")
+    print("\nstatuses", {s: statuses.count(s) for s in set(statuses)}, "final", final, "limit", limit)
+    assert set(statuses) <= {200, 429, 500}, statuses
+    assert final.reserved == 0
+    assert final.committed <= limit, (final, limit, statuses.count(200))
+    costs = [nano(h["x-costkit-cost-usd"]) for s, h in results if s == 200]
+    assert final.committed == sum(costs)

@@ -5,6 +5,7 @@ caps near 2**53 (where Lua's doubles stop being exact), and limits given twice."
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import pytest
@@ -55,6 +56,7 @@ def operations(big: bool) -> st.SearchStrategy[list[tuple]]:
                 st.one_of(st.just(None), key_sets),
             ),
             st.tuples(st.just("commit"), side, call_ids, amount, key_sets),
+            st.tuples(st.just("count"), side, counter_sets),
             st.tuples(st.just("advance"), st.integers(1, 10_000).map(lambda k: 2 * k / 1000)),
         ),
         min_size=4,
@@ -107,6 +109,8 @@ async def step(
         return await store.commit_and_release(op[2], op[3], lim(keys))
     if kind == "commit":
         return await store.commit(op[2], op[3], lim(op[4]))
+    if kind == "count":
+        return await store.count(counters(op[2]))
     raise AssertionError(op)
 
 
@@ -127,6 +131,8 @@ async def run(stores: list[RedisStore], clock: Clock, caps: dict[str, int], ops:
                 reserved[op[2]] = op[4]
             every = [make_limit(caps, k, clock.now) for k in caps]
             assert await stores[1 - op[1]].usage(every) == await reference.usage(every), op
+            for name in ("steps", "once"):
+                assert await stores[1 - op[1]].get(name) == await reference.get(name), (op, name)
     finally:
         for s in stores:
             await s.close()
@@ -138,7 +144,11 @@ def test_two_stores_ms_time_and_big_amounts_answer_as_memory(big, redis_server):
     2**53, answer exactly as one in-process store."""
     caps = BIG_CAPS if big else SMALL_CAPS
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=int(os.environ.get("REVIEW_EXAMPLES", "60")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(ops=operations(big))
     def check(ops: list[tuple]) -> None:
         clock = Clock()
