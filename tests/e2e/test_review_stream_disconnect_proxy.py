@@ -63,17 +63,19 @@ async def test_streams_cut_by_their_clients_are_settled_once(
 
     async def one(i: int) -> None:
         proxy = proxies[i % 2]
-        async with httpx.AsyncClient(timeout=60) as client:
-            async with client.stream(
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream(
                 "POST", f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json=body
-            ) as response:
-                assert response.status_code == 200
-                seen = 0
-                async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        seen += 1
-                        if seen == 3:
-                            break  # hang up
+            ) as response,
+        ):
+            assert response.status_code == 200
+            seen = 0
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    seen += 1
+                    if seen == 3:
+                        break  # hang up
 
     await asyncio.gather(*(one(i) for i in range(STREAMS)))
     async with redis_store(redis_server.url, prefix) as store:
