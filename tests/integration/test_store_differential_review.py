@@ -157,3 +157,24 @@ def test_two_stores_ms_time_and_big_amounts_answer_as_memory(big, redis_server):
         asyncio.run(run(stores, clock, caps, ops))
 
     check()
+
+
+def test_a_lease_of_whole_milliseconds_is_not_cut_by_one(redis_server):
+    """A lease of 8.107 s is 8107 ms on Redis, as in memory (int(8.107 * 1000) is 8106: the lease
+    ended 1 ms early and a renew 8.106 s later found it expired)."""
+
+    async def main() -> None:
+        clock = Clock()
+        store = RedisStore(redis_server.url, prefix=f"v{uuid.uuid4().hex[:12]}", clock=clock)
+        reference = MemoryStore(clock=clock)
+        await store.start()
+        try:
+            for s in (store, reference):
+                assert (await s.reserve("c1", 1, [Limit("p", 10)], 8.107)).ok
+            clock.now = round(clock.now + 8.106, 3)
+            assert await reference.renew("c1", 1.0)
+            assert await store.renew("c1", 1.0)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
