@@ -134,6 +134,9 @@ class BudgetStage:
         groups, pending = counters.pending(admission)
         try:
             result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s, counters=pending)
+        except asyncio.CancelledError:  # the script may still run: released once the store next answers
+            self._pending.append(("release", call_id, 0, list(limits)))
+            raise
         except StoreError as exc:
             if exc.uncertain:  # the reservation may still land (its reply was lost): released once the store answers
                 self._pending.append(("release", call_id, 0, list(limits)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -446,7 +447,37 @@ class LostReplyStore(MemoryStore):
         return result
 
 
+class CancelledReplyStore(MemoryStore):
+    """The in-process store whose next reservation runs, then its caller is cancelled before the reply."""
+
+    cancel_next = False
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().reserve(*args, **kwargs)
+        if self.cancel_next:
+            self.cancel_next = False
+            raise asyncio.CancelledError
+        return result
+
+
 class TestOutage:
+    async def test_a_reservation_whose_caller_was_cancelled_is_released(self) -> None:
+        """A request cancelled while its reservation was on the wire (the script ran) gives the hold back
+        with the next call that reaches the store, instead of leaving it to expire into spend."""
+        store = CancelledReplyStore()
+        config = parse_config({"budgets": [USER_DAILY], "budget_settings": {"runtime_refresh_s": 0}})
+        kit = CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry())
+        first = await admit(kit, request())
+        await finish(kit, first, 1_000)
+        store.cancel_next = True
+        with pytest.raises(asyncio.CancelledError):
+            await admit(kit, request())
+        committed, reserved = await spent(kit, first)
+        assert committed == 1_000 and reserved > 0  # the cancelled reservation did land
+        later = await admit(kit, request(user="u2"))
+        assert await spent(kit, first) == (1_000, 0)
+        await finish(kit, later, 0)
+
     async def test_fail_closed_answers_503(self) -> None:
         """With fail_closed, a store outage refuses with 503 and a message naming the policy."""
         kit, store = flaky_kit("fail_closed")

@@ -1,4 +1,4 @@
-"""Review: the outbox of ``PipelinedConnection`` under cancellation and connection kills: a reply is
+"""The outbox of ``PipelinedConnection`` under cancellation and connection kills: a reply is
 never handed to the wrong caller, and a caller whose command may have run is told so (uncertain)."""
 
 from __future__ import annotations

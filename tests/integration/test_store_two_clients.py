@@ -1,4 +1,4 @@
-"""Review: the differential test of ``test_store_differential.py`` pushed further: two stores
+"""The differential test of ``test_store_differential.py`` pushed further: two stores
 (two proxies) on one prefix taking turns, time in milliseconds, leases of any length, amounts and
 caps near 2**53 (where Lua's doubles stop being exact), and limits given twice."""
 

@@ -1,4 +1,4 @@
-"""Review: two replicas on one Redis under load while the server stalls (a busy script longer than
+"""Two replicas on one Redis under load while the server stalls (a busy script longer than
 the socket timeout, so replies are lost while the commands still run): budgets stay hard caps and
 spend is exact once the replicas replay what they queued."""
 

@@ -1,4 +1,4 @@
-"""Review: a streaming client that hangs up mid-stream, many at once over two replicas: every hold
+"""A streaming client that hangs up mid-stream, many at once over two replicas: every hold
 is settled once (never left to expire into the worst case, never charged twice), and the ledger
 holds one outcome per request whose cost is what the budget committed."""
 

@@ -1,4 +1,4 @@
-"""Review: a router fallback (the first deployment fails, the fallback answers) keeps its request's
+"""A router fallback (the first deployment fails, the fallback answers) keeps its request's
 hold until the fallback's answer is settled, so concurrent requests cannot spend the same headroom."""
 
 from __future__ import annotations
