@@ -134,12 +134,12 @@ class BudgetStage:
         groups, pending = counters.pending(admission)
         try:
             result = await self._store.reserve(call_id, amount, limits, self.settings.lease_s, counters=pending)
-        except asyncio.CancelledError:  # the script may still run: released once the store next answers
-            self._pending.append(("release", call_id, 0, list(limits)))
+        except asyncio.CancelledError:  # the script may still run
+            self._release_later(call_id, limits)
             raise
         except StoreError as exc:
-            if exc.uncertain:  # the reservation may still land (its reply was lost): released once the store answers
-                self._pending.append(("release", call_id, 0, list(limits)))
+            if exc.uncertain:  # the reservation may still land (its reply was lost)
+                self._release_later(call_id, limits)
             if pending:  # nothing was counted: as when the breaker's own count failed, before the budgets ran
                 counters.unreachable(admission)  # fail_closed: the breaker's 503
                 limits = self._limits(applied, admission)
@@ -183,6 +183,11 @@ class BudgetStage:
         )
         state["held"] = True
         self._report_remaining(admission, applied, result.usages)
+
+    def _release_later(self, call_id: str, limits: Sequence[Limit]) -> None:
+        """Queue the release of a reservation that may have landed without our knowing; the queue is
+        replayed by the next call that reaches the store (a release of nothing changes nothing)."""
+        self._pending.append(("release", call_id, 0, list(limits)))
 
     @staticmethod
     def _limits(applied: Sequence[AppliedBudget], admission: Admission) -> list[Limit]:

@@ -353,12 +353,8 @@ class LocalEmbedder:
 
     def vector_space(self) -> str:
         """Which vectors this embedder gives: ``fp32`` (onnx and torch agree to cosine 0.9999) or ``int8``; what
-        an on-disk cache of vectors is keyed on. Loads the model only when ``auto`` could pick either."""
-        candidates = AUTO_RUNTIMES if self.runtime == "auto" else (self.runtime,)
-        if "onnx-int8" in candidates and len(candidates) > 1:
-            self._load()
-            candidates = (self.active_runtime or "",)
-        return "int8" if candidates == ("onnx-int8",) else "fp32"
+        an on-disk cache of vectors is keyed on. Known without loading: ``auto`` never picks ``onnx-int8``."""
+        return "int8" if self.runtime == "onnx-int8" else "fp32"
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
         """Encode in the calling thread (offline evaluation, training)."""

@@ -8,13 +8,15 @@ tools). An agent resends its whole conversation on every step, so a session of n
 first message n times. Here the per-model parameters are built once, and a message of at least
 ``MEMO_MIN_CHARS`` characters is counted once per model and remembered under a 16-byte BLAKE2b
 digest of its fields (never under the text itself: the memory stays small; a collision is not a
-practical event). Any message the helpers do not expect, or any error, goes to
-``litellm.token_counter`` itself: the result is always LiteLLM's own number (a property test
-compares both on arbitrary conversations).
+practical event). A message that is not a mapping, a LiteLLM without these internals, or a
+disabled token counter goes to ``litellm.token_counter`` itself; errors reach the caller as they
+would from it. The result is always LiteLLM's own number (a property test compares both on
+arbitrary conversations).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -40,12 +42,11 @@ class TokenCounter:
     """Prompt tokens of messages and texts for a model, as ``litellm.token_counter`` counts them."""
 
     def __init__(self) -> None:
-        self._params: OrderedDict[str, Any] = OrderedDict()
         self._memo: OrderedDict[tuple[str, bytes], int] = OrderedDict()
 
     def messages(self, model: str, messages: Sequence[Any]) -> int:
         """``litellm.token_counter(model=model, messages=messages)`` (messages without images)."""
-        params = self._params_for(model)
+        params = _params_for(model)
         if params is None or litellm.disable_token_counter is True:
             return int(litellm.token_counter(model=model, messages=list(messages)))
         total = REPLY_PRIMER
@@ -57,36 +58,29 @@ class TokenCounter:
 
     def text(self, model: str, text: str) -> int:
         """``litellm.token_counter(model=model, text=text)``."""
-        params = self._params_for(model)
+        params = _params_for(model)
         if params is None or litellm.disable_token_counter is True:
             return int(litellm.token_counter(model=model, text=text))
         return int(params.count_function(text))
 
     def _message(self, model: str, params: Any, message: Mapping[str, Any]) -> int:
-        key = _digest(message)
-        if key is None:
-            return int(_count_messages(params, [cast(Any, dict(message))], False, None))
-        memo_key = (model, key)
-        found = self._memo.get(memo_key)
-        if found is not None:
-            self._memo.move_to_end(memo_key)
+        digest = _digest(message)
+        key = (model, digest) if digest is not None else None
+        if key is not None and (found := self._memo.get(key)) is not None:
+            self._memo.move_to_end(key)
             return found
         count = int(_count_messages(params, [cast(Any, dict(message))], False, None))
-        self._memo[memo_key] = count
-        if len(self._memo) > MEMO_ENTRIES:
-            self._memo.popitem(last=False)
+        if key is not None:
+            self._memo[key] = count
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
         return count
 
-    def _params_for(self, model: str) -> Any:
-        if _MessageCountParams is None:
-            return None
-        params = self._params.get(model)
-        if params is None:
-            params = _MessageCountParams(model, None)
-            self._params[model] = params
-            if len(self._params) > MODELS:
-                self._params.popitem(last=False)
-        return params
+
+@functools.lru_cache(maxsize=MODELS)
+def _params_for(model: str) -> Any:
+    """LiteLLM's per-model counting parameters (tokenizer, overheads), built once per model."""
+    return _MessageCountParams(model, None) if _MessageCountParams is not None else None
 
 
 def _digest(message: Mapping[str, Any]) -> bytes | None:
