@@ -22,6 +22,36 @@ USER = "fallback"
 REQUESTS = 40
 
 
+def capped(redis_server: RedisServer, prefix: str, limit: int) -> dict[str, Any]:
+    """The ``costkit:`` section: one total budget of ``limit`` n$ for USER."""
+    budget = {"name": "fb", "scope": "user", "values": [USER], "limit_usd": usd(limit), "window": "total"}
+    return {"redis_url": redis_server.url, "key_prefix": prefix, "budgets": [budget]}
+
+
+async def send_all(proxy: ProxyServer, model: str) -> list[tuple[int, Mapping[str, str]]]:
+    """REQUESTS concurrent chat calls for USER through the openai SDK: each one's status and headers."""
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
+    )
+
+    async def one(i: int) -> tuple[int, Mapping[str, str]]:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=model,
+                max_tokens=MAX_TOKENS,
+                messages=[{"role": "user", "content": f"hi {i}"}],
+                extra_body={"metadata": {"user_id": USER}},
+            )
+            return raw.status_code, raw.headers
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.headers
+
+    try:
+        return await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+    finally:
+        await client.close()
+
+
 @pytest.fixture(scope="module")
 def fallback_provider() -> Iterator[FakeProvider]:
     with FakeProvider(prompt_tokens=PROMPT_TOKENS, completion_tokens=COMPLETION_TOKENS) as fake:
@@ -42,11 +72,7 @@ def fallback_proxy(
     config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
     # a cap of 5 worst cases (gpt-4o-mini: 5 prompt tokens x 150 + 40 x 600 n$ at most, counted a little higher)
     limit = 5 * 26_000
-    costkit = {
-        "redis_url": redis_server.url,
-        "key_prefix": prefix,
-        "budgets": [{"name": "fb", "scope": "user", "values": [USER], "limit_usd": usd(limit), "window": "total"}],
-    }
+    costkit = capped(redis_server, prefix, limit)
     with ProxyServer(config_writer(unique("fallback"), enable_costkit(config, costkit))) as proxy:
         yield proxy, prefix, limit
 
@@ -57,24 +83,7 @@ async def test_concurrent_fallbacks_never_spend_past_the_cap(
     """40 concurrent requests whose first deployment fails and whose fallback answers: at most the cap
     is committed (the failed attempt must not give the hold back while the fallback still runs)."""
     proxy, prefix, limit = fallback_proxy
-    client = openai.AsyncOpenAI(
-        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
-    )
-
-    async def one(i: int) -> tuple[int, Mapping[str, str]]:
-        try:
-            raw = await client.chat.completions.with_raw_response.create(
-                model="primary",
-                max_tokens=MAX_TOKENS,
-                messages=[{"role": "user", "content": f"hi {i}"}],
-                extra_body={"metadata": {"user_id": USER}},
-            )
-            return raw.status_code, raw.headers
-        except openai.APIStatusError as exc:
-            return exc.status_code, exc.response.headers
-
-    results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
-    await client.close()
+    results = await send_all(proxy, "primary")
     statuses = [s for s, _ in results]
     worst = {h.get("x-costkit-max-cost-usd") for s, h in results if s == 200}
     async with redis_store(redis_server.url, prefix) as store:
@@ -104,11 +113,7 @@ def retry_proxy(
         config = base_config([openai_deployment("mini", fake.base_url)], num_retries=3)
         config["router_settings"] = {"num_retries": 3, "retry_after": 0, "disable_cooldowns": True}
         limit = 5 * 26_000
-        costkit = {
-            "redis_url": redis_server.url,
-            "key_prefix": prefix,
-            "budgets": [{"name": "fb", "scope": "user", "values": [USER], "limit_usd": usd(limit), "window": "total"}],
-        }
+        costkit = capped(redis_server, prefix, limit)
         with ProxyServer(config_writer(unique("retry"), enable_costkit(config, costkit))) as proxy:
             yield proxy, prefix, limit
 
@@ -119,24 +124,7 @@ async def test_concurrent_retries_never_spend_past_the_cap(
     """40 concurrent requests that LiteLLM retries after provider failures: at most the cap is
     committed, nothing stays held, and the commits are the answered requests' cost headers."""
     proxy, prefix, limit = retry_proxy
-    client = openai.AsyncOpenAI(
-        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
-    )
-
-    async def one(i: int) -> tuple[int, Mapping[str, str]]:
-        try:
-            raw = await client.chat.completions.with_raw_response.create(
-                model="mini",
-                max_tokens=MAX_TOKENS,
-                messages=[{"role": "user", "content": f"hi {i}"}],
-                extra_body={"metadata": {"user_id": USER}},
-            )
-            return raw.status_code, raw.headers
-        except openai.APIStatusError as exc:
-            return exc.status_code, exc.response.headers
-
-    results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
-    await client.close()
+    results = await send_all(proxy, "mini")
     statuses = [s for s, _ in results]
     async with redis_store(redis_server.url, prefix) as store:
         final = await settled(store, f"budget:fb:total:{USER}:")

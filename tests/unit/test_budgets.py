@@ -434,29 +434,17 @@ def flaky_kit(policy: str, share: float = 0.5) -> tuple[CostKit, FlakyStore]:
     return CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry()), store
 
 
-class LostReplyStore(MemoryStore):
-    """The in-process store whose next reservation runs but whose reply is lost (a Redis paused past the timeout)."""
+class NoReplyStore(MemoryStore):
+    """The in-process store whose next reservation runs, then ``fail_next`` is raised instead of its
+    reply (a lost reply: Redis paused past the timeout; a cancelled caller)."""
 
-    lose_next = False
-
-    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
-        result = await super().reserve(*args, **kwargs)
-        if self.lose_next:
-            self.lose_next = False
-            raise StoreError("no reply from redis://127.0.0.1:1 within 1s", uncertain=True)
-        return result
-
-
-class CancelledReplyStore(MemoryStore):
-    """The in-process store whose next reservation runs, then its caller is cancelled before the reply."""
-
-    cancel_next = False
+    fail_next: BaseException | None = None
 
     async def reserve(self, *args: Any, **kwargs: Any) -> Any:
         result = await super().reserve(*args, **kwargs)
-        if self.cancel_next:
-            self.cancel_next = False
-            raise asyncio.CancelledError
+        failure, self.fail_next = self.fail_next, None
+        if failure is not None:
+            raise failure
         return result
 
 
@@ -464,12 +452,12 @@ class TestOutage:
     async def test_a_reservation_whose_caller_was_cancelled_is_released(self) -> None:
         """A request cancelled while its reservation was on the wire (the script ran) gives the hold back
         with the next call that reaches the store, instead of leaving it to expire into spend."""
-        store = CancelledReplyStore()
+        store = NoReplyStore()
         config = parse_config({"budgets": [USER_DAILY], "budget_settings": {"runtime_refresh_s": 0}})
         kit = CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry())
         first = await admit(kit, request())
         await finish(kit, first, 1_000)
-        store.cancel_next = True
+        store.fail_next = asyncio.CancelledError()
         with pytest.raises(asyncio.CancelledError):
             await admit(kit, request())
         committed, reserved = await spent(kit, first)
@@ -490,13 +478,13 @@ class TestOutage:
     async def test_a_reservation_whose_reply_was_lost_is_released_once_the_store_answers(self, policy: str) -> None:
         """A reservation that ran although its reply was lost (the request got a 503, or ran on the
         outage allowance) is released by the next call that reaches the store, not left to expire into spend."""
-        store = LostReplyStore()
+        store = NoReplyStore()
         settings = {"on_store_error": policy, "runtime_refresh_s": 0, "outage_headroom_share": 1.0}
         config = parse_config({"budgets": [USER_DAILY], "budget_settings": settings})
         kit = CostKit(config, store=store, price_source=Prices(), registry=CollectorRegistry())
         first = await admit(kit, request())  # the store is read once (fail_open needs an allowance)
         await finish(kit, first, 1_000)
-        store.lose_next = True
+        store.fail_next = StoreError("no reply from redis://127.0.0.1:1 within 1s", uncertain=True)
         lost = request()
         if policy == "fail_closed":
             with pytest.raises(RequestRejected) as info:
