@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers, one file per worker at a time (a file's proxies
+# are started once and shared by its tests); 0 runs them in this process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 
@@ -63,16 +67,16 @@ demo-stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m costkit_litellm.demo stop; fi
 
 test: install-dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: install-dev
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 test-integration: install-dev
-	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 test-e2e: install-dev
-	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check costkit_litellm tests bench

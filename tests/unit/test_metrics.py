@@ -109,15 +109,15 @@ class TestCostKitMetrics:
         """A registry created after another was dropped never inherits the dropped one's metrics."""
         import gc
 
-        for _ in range(20):
-            registry = CollectorRegistry()
-            metrics = CostKitMetrics.for_registry([], registry=registry)
-            metrics.record(event(None))
-            assert (
-                registry.get_sample_value(
-                    "costkit_requests_total", {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"}
-                )
-                == 1
-            )
-            del registry, metrics
-            gc.collect()
+        gc.freeze()  # the session's heap (litellm, torch) stays out of the collections below: each is cheap
+        try:
+            for _ in range(20):
+                registry = CollectorRegistry()
+                metrics = CostKitMetrics.for_registry([], registry=registry)
+                metrics.record(event(None))
+                labels = {"model": "m", "tier": "none", "outcome": "success", "endpoint": "chat"}
+                assert registry.get_sample_value("costkit_requests_total", labels) == 1
+                del registry, metrics
+                gc.collect()
+        finally:
+            gc.unfreeze()
