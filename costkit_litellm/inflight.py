@@ -121,9 +121,10 @@ class InFlight:
         return entry
 
     def _settle(self, request_id: str, entry: Admitted, now: float) -> None:
-        """Keep a slim copy of ``entry`` (its headers, context and estimate) for ``settled_ttl_s``."""
+        """Keep a slim copy of ``entry`` (its headers, context and estimate) for ``settled_ttl_s``; the
+        context without the request's parameters, so nothing of LiteLLM's request stays alive."""
         full = entry.admission
-        slim = Admission(context=full.context, estimate=full.estimate, headers=full.headers)
+        slim = Admission(context=full.context.without_request_params(), estimate=full.estimate, headers=full.headers)
         self._settled[request_id] = Admitted(
             slim,
             recorded=entry.recorded,

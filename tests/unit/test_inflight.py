@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
+from types import MappingProxyType
+
+import pytest
+
 from costkit_litellm.context import RequestContext
 from costkit_litellm.inflight import Admitted, InFlight
 from costkit_litellm.money import Nano
@@ -78,6 +83,31 @@ class TestInFlight:
         assert inflight.get("r") is None
         inflight.add("next", entry())
         assert len(inflight) == 1 and inflight.dropped == 0
+
+    @pytest.mark.parametrize("recorded", [None, "answered"])
+    def test_a_settled_entry_keeps_no_request_object_alive(self, recorded: str | None) -> None:
+        """Settled (after a success, or recorded before the call), the entry drops the request's parameters:
+        LiteLLM's per-request objects (its logging object) are freed at once, not after settled_ttl_s."""
+
+        class LoggingObject:  # stands for litellm's Logging, reachable from the request's parameters
+            pass
+
+        logging_obj = LoggingObject()
+        alive = weakref.ref(logging_obj)
+        context = RequestContext(
+            call_id="r", model="m", request_params=MappingProxyType({"litellm_logging_obj": logging_obj})
+        )
+        full = Admitted(Admission(context, CostEstimate(Nano(1), 1, 1, None)), recorded=recorded)
+        inflight = InFlight(600, clock=Clock(), settled_ttl_s=60)
+        inflight.add("r", full)
+        if recorded is None:
+            assert inflight.get("r") is full  # live: the stages still read the parameters after the call
+            assert inflight.take("r", final=True) is full
+        del full, context, logging_obj  # no cycle holds them: freed by reference counting, or never
+        kept = inflight.get("r")
+        assert alive() is None
+        assert kept is not None and kept.admission.context.request_params == {}
+        assert (kept.admission.context.call_id, kept.admission.context.model) == ("r", "m")
 
     def test_an_entry_recorded_before_the_call_is_settled_at_once(self) -> None:
         """A refusal's or an answer's entry lives settled_ttl_s, is never counted as dropped, its outcome skipped."""
