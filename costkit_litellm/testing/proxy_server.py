@@ -100,6 +100,7 @@ class ProxyServer:
         self.config_path = Path(config_path)
         self.env = dict(env or {})
         self.port = port if port is not None else free_port()
+        self._chose_port = port is None
         self.master_key = master_key if master_key is not None else f"sk-costkit-{secrets.token_hex(16)}"
         self.extra_args = tuple(extra_args)
         self._log_path: Path | None = None
@@ -171,24 +172,48 @@ class ProxyServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _answers_our_key(self) -> bool:
+        """False when whoever answers on our port refuses our master key (another proxy took it; without
+        a database LiteLLM answers a wrong key with a 400, not a 401)."""
+        request = urllib.request.Request(f"{self.base_url}/v1/models", headers=self.auth_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return True
+        except urllib.error.HTTPError:
+            return False
+        except (urllib.error.URLError, OSError):
+            return True  # not an answer from another proxy: our own process is judged by poll()
+
     def start(self, timeout_s: float = 120) -> ProxyServer:
         """Start the proxy and wait until ``/health/liveliness`` answers 200.
 
         Raises :class:`ProxyStartError` (with the log tail) if the process exits
-        first or the timeout passes; the process is stopped in both cases.
+        first or the timeout passes; the process is stopped in both cases. A port
+        this object chose itself and lost to another process (test workers start
+        servers side by side) is given up for a new one, twice at most.
         """
-        process = self._spawn()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (code := process.poll()) is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise ProxyStartError(
-                    f"litellm proxy exited with code {code} during start-up", exit_code=code, log_tail=tail
-                )
-            if self._healthy():
-                return self
-            time.sleep(0.2)
+        for attempt in range(3 if self._chose_port else 1):
+            process = self._spawn()
+            while time.monotonic() < deadline:
+                if (code := process.poll()) is not None:
+                    tail = self.log_tail()
+                    self.stop()
+                    if self._chose_port and attempt < 2 and "address already in use" in tail.lower():
+                        self.port = free_port()
+                        break
+                    raise ProxyStartError(
+                        f"litellm proxy exited with code {code} during start-up", exit_code=code, log_tail=tail
+                    )
+                if self._healthy():
+                    if process.poll() is None and self._answers_our_key():
+                        return self
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=30)  # another proxy answered: ours exits on the taken port
+                    continue
+                time.sleep(0.2)
+            else:
+                break
         tail = self.log_tail()
         self.stop()
         raise ProxyStartError(f"litellm proxy not healthy after {timeout_s}s", exit_code=None, log_tail=tail)

@@ -173,7 +173,7 @@ class RedisServer:
             return self
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="costkit-redis-"))
-        attempts = 1 if self._port is not None else 3
+        attempts = 1 if self._port is not None else 5
         for attempt in range(attempts):
             if self._port is None:
                 self._port = free_port()
@@ -249,6 +249,9 @@ class RedisServer:
         if self.cluster:
             args += ["--cluster-enabled", "yes"]
             args += ["--cluster-config-file", str(self._dir / "nodes.conf")]
+            # the bus port on a free port of its own: the default (port + 10000) may be taken, or past
+            # 65535 (a port above 55535 is refused without this)
+            args += ["--cluster-port", str(free_port())]
         if self.search:
             for module in search_modules():
                 args += ["--loadmodule", str(module)]

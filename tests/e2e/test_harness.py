@@ -89,6 +89,27 @@ class TestProxyFixture:
             assert response.status_code >= 400
 
 
+class TestPortRaces:
+    def test_a_port_taken_by_another_proxy_is_given_up_for_a_new_one(
+        self, basic_proxy: ProxyServer, config_writer: ConfigWriter
+    ) -> None:
+        """A proxy whose chosen port another proxy holds (a second test worker) moves to a free port and
+        answers its own master key, never passing the other proxy off as itself."""
+        path = config_writer("harness-port-race", base_config([mock_deployment("mock-model")]))
+        proxy = ProxyServer(path)
+        proxy.port = basic_proxy.port  # as if the other worker bound it between free_port() and ours
+        with proxy:
+            assert proxy.port != basic_proxy.port
+            response = httpx.post(
+                f"{proxy.base_url}/v1/chat/completions",
+                headers=proxy.auth_headers,
+                json={"model": "mock-model", **CHAT},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+        assert httpx.get(f"{basic_proxy.base_url}/health/liveliness", timeout=10).status_code == 200
+
+
 class TestProxyStartFailure:
     def test_invalid_yaml_fails_with_log_tail(self, config_writer: ConfigWriter) -> None:
         """A proxy with an invalid YAML config exits and the error carries the log tail."""

@@ -163,6 +163,7 @@ class TestCascade:
                 if before is None or before.reserved == 0 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
+            assert before is None or before.reserved == 0, f"earlier requests still hold {before.reserved} n$"
             response = ask(cascading, "Say something else")
             entries = await ledger(redis_server.url, response.headers["x-litellm-call-id"])
             expected = sum(int(e["costkit.cost_nano"]) for e in entries.values())

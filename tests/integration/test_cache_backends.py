@@ -129,14 +129,14 @@ class TestContract:
         assert await cache.search("s3", vector, 5, 0.0) == []
 
     async def test_entries_expire_after_the_ttl_and_hits_do_not_refresh_it(self, make_backend: Factory) -> None:
-        """With ttl_s 1, an entry read at 0.6 s is still gone by 1.2 s, from both lookups and the count."""
-        cache = await make_backend(ttl_s=1)
+        """With ttl_s 2, an entry read at 0.6 s is still gone by 2.2 s, from both lookups and the count."""
+        cache = await make_backend(ttl_s=2)
         vector = unit(4)
         await cache.put(entry("short", vector))
         await asyncio.sleep(0.6)
         assert await cache.get("short") is not None
         assert len(await cache.search("s1", vector, 5, 0.0)) == 1
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.6)  # a refresh at 0.6 s would keep it until 2.6 s
         assert await cache.get("short") is None
         assert await cache.search("s1", vector, 5, 0.0) == []
         assert (await cache.stats()).entries == 0
