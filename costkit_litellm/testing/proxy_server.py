@@ -193,27 +193,34 @@ class ProxyServer:
         servers side by side) is given up for a new one, twice at most.
         """
         deadline = time.monotonic() + timeout_s
-        for attempt in range(3 if self._chose_port else 1):
-            process = self._spawn()
-            while time.monotonic() < deadline:
-                if (code := process.poll()) is not None:
-                    tail = self.log_tail()
-                    self.stop()
-                    if self._chose_port and attempt < 2 and "address already in use" in tail.lower():
-                        self.port = free_port()
-                        break
-                    raise ProxyStartError(
-                        f"litellm proxy exited with code {code} during start-up", exit_code=code, log_tail=tail
-                    )
-                if self._healthy():
-                    if process.poll() is None and self._answers_our_key():
-                        return self
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        process.wait(timeout=30)  # another proxy answered: ours exits on the taken port
-                    continue
-                time.sleep(0.2)
-            else:
-                break
+        for _ in range(2 if self._chose_port else 0):
+            if self._wait_started(self._spawn(), deadline, timeout_s, may_move=True):
+                return self
+            self.port = free_port()
+        self._wait_started(self._spawn(), deadline, timeout_s, may_move=False)
+        return self
+
+    def _wait_started(
+        self, process: subprocess.Popen[bytes], deadline: float, timeout_s: float, *, may_move: bool
+    ) -> bool:
+        """True once ``process`` is healthy and answers our key; False (stopped) when it lost its port
+        and ``may_move``; otherwise raises ``ProxyStartError`` (stopped)."""
+        while time.monotonic() < deadline:
+            if (code := process.poll()) is not None:
+                tail = self.log_tail()
+                self.stop()
+                if may_move and "address already in use" in tail.lower():
+                    return False
+                raise ProxyStartError(
+                    f"litellm proxy exited with code {code} during start-up", exit_code=code, log_tail=tail
+                )
+            if self._healthy():
+                if process.poll() is None and self._answers_our_key():
+                    return True
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=30)  # another proxy answered: ours exits on the taken port
+                continue
+            time.sleep(0.2)
         tail = self.log_tail()
         self.stop()
         raise ProxyStartError(f"litellm proxy not healthy after {timeout_s}s", exit_code=None, log_tail=tail)

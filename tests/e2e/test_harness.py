@@ -25,6 +25,13 @@ ConfigWriter = Callable[[str, Mapping[str, Any]], Path]
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 20}
 
 
+def chat(proxy: ProxyServer, model: str) -> httpx.Response:
+    """One chat completion through ``proxy`` with its master key."""
+    return httpx.post(
+        f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json={"model": model, **CHAT}, timeout=30
+    )
+
+
 @pytest.fixture(scope="module")
 def basic_proxy(proxy_factory: ProxyPool, fake_provider: FakeProvider) -> ProxyServer:
     config = base_config(
@@ -39,12 +46,7 @@ def basic_proxy(proxy_factory: ProxyPool, fake_provider: FakeProvider) -> ProxyS
 class TestProxyFixture:
     def test_mock_deployment_answers(self, basic_proxy: ProxyServer) -> None:
         """A mock_response deployment answers through the proxy with its fixed content and a usage."""
-        response = httpx.post(
-            f"{basic_proxy.base_url}/v1/chat/completions",
-            headers=basic_proxy.auth_headers,
-            json={"model": "mock-model", **CHAT},
-            timeout=30,
-        )
+        response = chat(basic_proxy, "mock-model")
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["choices"][0]["message"]["content"] == "hello from the mock"
@@ -53,12 +55,7 @@ class TestProxyFixture:
     def test_fake_provider_deployment_answers(self, basic_proxy: ProxyServer, fake_provider: FakeProvider) -> None:
         """A deployment pointed at the fake provider reaches it and returns its reply."""
         before = fake_provider.stats()["chat_completions"]
-        response = httpx.post(
-            f"{basic_proxy.base_url}/v1/chat/completions",
-            headers=basic_proxy.auth_headers,
-            json={"model": "fake-model", **CHAT},
-            timeout=30,
-        )
+        response = chat(basic_proxy, "fake-model")
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"].startswith("Fake reply from gpt-4o-mini")
         assert fake_provider.stats()["chat_completions"] == before + 1
@@ -100,12 +97,7 @@ class TestPortRaces:
         proxy.port = basic_proxy.port  # as if the other worker bound it between free_port() and ours
         with proxy:
             assert proxy.port != basic_proxy.port
-            response = httpx.post(
-                f"{proxy.base_url}/v1/chat/completions",
-                headers=proxy.auth_headers,
-                json={"model": "mock-model", **CHAT},
-                timeout=30,
-            )
+            response = chat(proxy, "mock-model")
             assert response.status_code == 200, response.text
         assert httpx.get(f"{basic_proxy.base_url}/health/liveliness", timeout=10).status_code == 200
 

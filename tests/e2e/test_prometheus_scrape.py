@@ -135,6 +135,13 @@ def eventually(check: Any, timeout_s: float = 30, interval_s: float = 0.5) -> An
         time.sleep(interval_s)
 
 
+def _filled(expr: str) -> str:
+    """A dashboard expression with Grafana's variables filled in (intervals, range, ``.*`` for the rest)."""
+    expr = re.sub(r"\$__(?:rate_interval|interval)\b", "30s", expr)
+    expr = re.sub(r"\$__range\b", "10m", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
 @pytest.fixture(scope="module")
 def proxy(proxy_factory: ProxyPool, fake_provider: FakeProvider, redis_server: RedisServer) -> ProxyServer:
     """The pack with LiteLLM's prometheus callback, two models on the fake provider, ledger in Redis."""
@@ -305,9 +312,7 @@ class TestPrometheusScrapesTheProxy:
         exprs = [
             target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", []) if "expr" in target
         ]
-        plain = [re.sub(r"\$__(?:rate_interval|interval)\b", "30s", expr) for expr in exprs]
-        plain = [re.sub(r"\$__range\b", "10m", expr) for expr in plain]
-        plain = [re.sub(r"\$\{?\w+\}?", ".*", expr) for expr in plain]
+        plain = [_filled(expr) for expr in exprs]
 
         def with_data() -> int:
             # every query must run; the count may lag a scrape that timed out on a loaded machine (its
