@@ -15,6 +15,17 @@ percentiles), errors, and each arm's ratio to vanilla.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/pack_overhead.py --duration 10 --rounds 3
 
+``--together`` loads every arm at once in each round instead, each with its own wrk: on a shared
+machine whose speed drifts by 20% between rounds (steal, neighbours) the arms then see the same
+machine, and the differences between them hold from round to round; Redis's CPU is then shared out
+among the pack arms by requests. The default interleaved rounds give each arm the whole machine.
+
+The ``+ gc freeze`` arms (not run by default) freeze each proxy's start-up heap out of the garbage
+collector: the pack's by its ``performance.gc_freeze_after_s`` setting, vanilla by a ``sitecustomize``
+doing the same, so the pack's overhead can be read with and without it:
+
+    python bench/pack_overhead.py --arms "vanilla,full pack,vanilla + gc freeze,full pack + gc freeze"
+
 Before and after in one run: check an older commit out (``git worktree add /tmp/before <commit>``)
 and add arms named ``<arm> @ baseline`` with ``--baseline /tmp/before``; those proxies import
 the pack from there.
@@ -70,7 +81,48 @@ ARM_SECTIONS: dict[str, dict[str, Any] | None] = {
     "ledger (Redis)": {**OFF, "ledger": {"enabled": True}},
     "metrics by feature": {**OFF, "metrics": {"enabled": True, "tag_labels": ["feature"]}},
     "full pack": {"budgets": BUDGETS, "breaker": {"enabled": True}, "metrics": {"tag_labels": ["feature"]}},
+    "vanilla + gc freeze": None,
+    "full pack + gc freeze": {
+        "budgets": BUDGETS,
+        "breaker": {"enabled": True},
+        "metrics": {"tag_labels": ["feature"]},
+        "performance": {"gc_freeze_after_s": 5},
+    },
 }
+DEFAULT_ARMS = [arm for arm in ARM_SECTIONS if not arm.endswith(" + gc freeze")]
+FREEZE = " + gc freeze"
+"""Arms whose proxy freezes its start-up heap (``performance.gc_freeze_after_s``): the pack's arm by its
+own setting, the vanilla one by a ``sitecustomize`` the bench puts on its PYTHONPATH that does the same
+(``gc.collect(); gc.freeze()``) once LiteLLM has started, so the two compare like for like."""
+VANILLA_FREEZE = """
+import gc, sys, threading
+
+def _freeze():
+    gc.collect()
+    gc.freeze()
+    print(f"froze the start-up heap ({gc.get_freeze_count()} objects)", file=sys.stderr, flush=True)
+
+_timer = threading.Timer(%(after)s, _freeze)
+_timer.daemon = True
+_timer.start()
+"""
+FROZE = re.compile(r"froze the start-up heap \((\d+) objects\)")
+"""The line both kinds of freezing arm log (the pack's ``costkit.heap``, the bench's ``sitecustomize``)."""
+
+
+def wait_frozen(started: dict[str, ProxyServer], timeout_s: float = 90.0) -> None:
+    """Wait until every freezing arm has logged its freeze (measuring one before would mix both states)."""
+    deadline = time.monotonic() + timeout_s
+    for arm, proxy in started.items():
+        if FREEZE not in arm:
+            continue
+        while not (found := FROZE.findall(proxy.log_text())):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{arm}: no freeze logged after {timeout_s:g} s:\n{proxy.log_tail()}")
+            time.sleep(0.5)
+        print(f"  {arm}: froze {found[0]} objects", file=sys.stderr)
+
+
 BASELINE = " @ baseline"
 """Suffix of an arm run with ``--baseline``'s checkout of the pack (an older commit) on its PYTHONPATH."""
 """Each arm's ``costkit:`` section (``None``: no pack); every pack arm gets the same Redis."""
@@ -200,10 +252,15 @@ def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
     return int(done.group(1)), wall_s, _ms(p50.group(1)), _ms(p99.group(1)), errors
 
 
-def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pid: int, duration: float) -> WrkRun:
+def wrk_command(proxy: ProxyServer, script: Path, args: argparse.Namespace, duration: float) -> list[str]:
+    """wrk at ``--concurrency`` (two threads) for ``duration`` seconds against one arm."""
     threads = min(2, args.concurrency)
     command = ["wrk", "--latency", f"-t{threads}", f"-c{args.concurrency}", f"-d{duration:g}s", "--timeout", "30s"]
-    command += ["-s", str(script), proxy.base_url]
+    return [*command, "-s", str(script), proxy.base_url]
+
+
+def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pid: int, duration: float) -> WrkRun:
+    command = wrk_command(proxy, script, args, duration)
     assert proxy.pid is not None
     before, redis_before = group_cpu_s([proxy.pid], [redis_pid]), group_cpu_s([], [redis_pid])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -211,6 +268,36 @@ def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pi
     redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
     requests, wall_s, p50, p99, errors = parse_wrk(output)
     return WrkRun(requests, wall_s, p50, p99, errors, cpu, redis_cpu)
+
+
+def run_together(
+    arms: dict[str, ProxyServer], scripts: dict[str, Path], args: argparse.Namespace, redis_pid: int
+) -> dict[str, WrkRun]:
+    """One round with every arm under load at once (``--together``): one wrk per arm, started together.
+
+    Each arm's CPU is its own process group's; the one Redis serves every pack arm at once, so its CPU
+    over the round is shared out by requests among the arms that use it (``uses_redis``)."""
+    before = {arm: group_cpu_s([p.pid or 0]) for arm, p in arms.items()}
+    redis_before = group_cpu_s([], [redis_pid])
+    running = {
+        arm: subprocess.Popen(wrk_command(proxy, scripts[arm], args, args.duration), stdout=subprocess.PIPE, text=True)
+        for arm, proxy in arms.items()
+    }
+    outputs = {arm: process.communicate()[0] for arm, process in running.items()}
+    cpu = {arm: group_cpu_s([p.pid or 0]) - before[arm] for arm, p in arms.items()}
+    redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
+    parsed = {arm: parse_wrk(out) for arm, out in outputs.items()}
+    served = sum(parsed[arm][0] for arm in arms if uses_redis(arm)) or 1
+    runs = {}
+    for arm, (requests, wall_s, p50, p99, errors) in parsed.items():
+        share = redis_cpu * requests / served if uses_redis(arm) else 0.0
+        runs[arm] = WrkRun(requests, wall_s, p50, p99, errors, cpu[arm] + share, share)
+    return runs
+
+
+def uses_redis(arm: str) -> bool:
+    """True for an arm whose pack talks to the bench's Redis (every arm but the vanilla ones)."""
+    return ARM_SECTIONS[arm.removesuffix(BASELINE)] is not None
 
 
 def check_arm(proxy: ProxyServer, pack: bool) -> None:
@@ -270,12 +357,22 @@ def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+def _freeze_dir(folder: Path) -> Path:
+    """A folder whose ``sitecustomize`` freezes a vanilla proxy's heap 30 s after it starts."""
+    target = folder / "vanilla-freeze"
+    target.mkdir(exist_ok=True)
+    (target / "sitecustomize.py").write_text(VANILLA_FREEZE % {"after": 30.0})
+    return target
+
+
 @contextlib.contextmanager
 def proxies(paths: dict[str, Path], baseline: str | None = None) -> Iterator[dict[str, ProxyServer]]:
     with contextlib.ExitStack() as stack:
         started = {}
         for arm, path in paths.items():
             env = {"PYTHONPATH": baseline} if baseline and arm.endswith(BASELINE) else None
+            if arm.removesuffix(BASELINE) == "vanilla" + FREEZE:
+                env = {"PYTHONPATH": str(_freeze_dir(path.parent))}
             started[arm] = stack.enter_context(ProxyServer(path, env=env))
             print(f"  {arm}: {started[arm].base_url} pid {started[arm].pid}", file=sys.stderr)
         yield started
@@ -288,9 +385,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--arms", default=",".join(ARM_SECTIONS), help=f"comma-separated subset of: {', '.join(ARM_SECTIONS)}"
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help=f"comma-separated subset of: {', '.join(ARM_SECTIONS)} (default: all but the gc freeze arms)",
     )
     parser.add_argument("--hold", action="store_true", help="start the arms and wait (for py-spy), no load")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load every arm at once in each round (paired: the machine's drift hits all arms alike); "
+        "each arm gets its own wrk at --concurrency",
+    )
     parser.add_argument(
         "--baseline",
         metavar="DIR",
@@ -330,13 +435,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.hold:
                     continue
                 run_wrk(proxy, arm_script, args, redis_pid, args.warmup)
+            wait_frozen(started)
             if args.hold:
                 print("holding; Ctrl-C or SIGTERM to stop", file=sys.stderr)
                 signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops every arm
                 with contextlib.suppress(KeyboardInterrupt):
                     time.sleep(3600)
                 return
-            for round_no in range(args.rounds):
+            scripts = {arm: Path(tmp) / f"load-{abs(hash(arm))}.lua" for arm in started}
+            for round_no in range(args.rounds if args.together else 0):
+                for arm, run in run_together(started, scripts, args, redis_pid).items():
+                    results[arm].runs.append(run)
+                    print(
+                        f"  round {round_no + 1} {arm:20}: {run.rate:6.1f} req/s, "
+                        f"{1000 * run.cpu_s / max(1, run.requests):5.2f} CPU ms/req (all arms at once)",
+                        file=sys.stderr,
+                    )
+            for round_no in range(0 if args.together else args.rounds):
                 order = list(started.items()) if round_no % 2 == 0 else list(started.items())[::-1]
                 for arm, proxy in order:
                     arm_script = Path(tmp) / f"load-{abs(hash(arm))}.lua"
@@ -348,9 +463,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"errors {run.errors}",
                         file=sys.stderr,
                     )
+    how = (
+        "every arm under load at once, Redis's CPU shared out by requests among the pack arms"
+        if args.together
+        else "interleaved"
+    )
     print(
         f"\nProxy overhead per stage: wrk -c{args.concurrency}, {args.duration:g} s x {args.rounds} rounds per arm, "
-        f"interleaved; mock deployments; CPU = proxy process group + Redis (from /proc); "
+        f"{how}; mock deployments; CPU = proxy process group + Redis (from /proc); "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.\n"
     )
     print(table(results, args))

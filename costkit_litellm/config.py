@@ -136,6 +136,16 @@ class ShutdownConfig(Section):
     outage loses no spend."""
 
 
+class PerformanceConfig(Section):
+    """Process-wide tuning the pack can apply (off by default: it affects LiteLLM too)."""
+
+    gc_freeze_after_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    """Seconds after the pack starts to collect once and then ``gc.freeze()`` the process's heap:
+    the proxy's ~790,000 start-up objects leave the garbage collector's full collections, which
+    then take milliseconds instead of hundreds (about 0.7 ms of CPU per request on the bench
+    machine). Objects alive at that moment are never collected afterwards. Unset: never."""
+
+
 class CostKitConfig(Section):
     """The whole ``costkit:`` section."""
 
@@ -172,6 +182,8 @@ class CostKitConfig(Section):
     """Revenue per feature, for margins in ``costkit report``."""
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     """Graceful shutdown: flush, then spool what the store did not take."""
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    """Process-wide tuning (``gc_freeze_after_s``)."""
 
     @field_validator("budgets")
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -92,11 +92,6 @@ class RequestContext:
     request_params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
     """The request's top-level parameters as sent, read-only, ``messages`` aside (the cache keys on every
     one but a short allow-list); empty when rebuilt after the call."""
-
-    def without_request_params(self) -> RequestContext:
-        """This context without ``request_params``: what may outlive the call (the request's parameters
-        hold LiteLLM's own per-request objects, its logging object and the caller's key among them)."""
-        return self if not self.request_params else replace(self, request_params=_EMPTY)
 
     def scope_value(self, scope: str, identity: str = "any") -> str | None:
         """The value of a scope (``global``, ``api_key``, ``user``, ``team``, ``end_user``,

@@ -11,11 +11,14 @@ in the store by then and counts as spent).
 
 Settled entries are slim and short-lived: once a request's final outcome took its entry (a
 success), or its outcome was recorded before the call (a refusal, a policy's answer, a cascade's
-cheap call), only what the response headers need stays, for ``settled_ttl_s``. An outcome for an
-id that has left the map finds nothing, exactly as a repeated one does (the callback skips any id
-a kit issued). Without this every answered request kept its whole admission, messages included,
-for the lease plus a margin (11 minutes by default): memory and garbage-collector work grew with
-the request rate times the lease.
+cheap call), only its response headers stay, for ``settled_ttl_s``, as a plain tuple of atomic
+values (its expiry, then each header's name and value). The garbage collector stops tracking such
+a tuple at its first pass, so the minute of settled requests a busy proxy keeps costs later collections no
+work; a settled entry that kept the admission kept about eight tracked objects per request alive
+for that minute, walked by every full collection. An outcome for a settled id finds nothing, exactly as a
+repeated one does (the callback skips any id a kit issued). Without this every answered request
+kept its whole admission, messages included, for the lease plus a margin (11 minutes by default):
+memory and garbage-collector work grew with the request rate times the lease.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from costkit_litellm.pipeline import Admission
 
@@ -50,6 +54,19 @@ class Admitted:
     renewed_at: float = 0.0
     """Monotonic time of the last lease renewal (streams)."""
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The ``x-costkit-*`` headers of the request so far."""
+        return self.admission.headers
+
+
+class Settled(NamedTuple):
+    """What stays of a request whose outcome is known: its headers, until ``expires`` (a view made
+    by ``InFlight.get``; the map keeps ``(expires, name, value, name, value, ...)``)."""
+
+    expires: float
+    headers: Mapping[str, str]
+
 
 class InFlight:
     """The server-side map request id -> ``Admitted`` of one callback (one process)."""
@@ -70,8 +87,10 @@ class InFlight:
         self._on_drop = on_drop
         self._entries: OrderedDict[str, Admitted] = OrderedDict()
         """Entries waiting for their final outcome, oldest first."""
-        self._settled: OrderedDict[str, Admitted] = OrderedDict()
-        """Slim entries whose outcome is known, kept for the headers, oldest first."""
+        self._settled: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        """``(expires, name, value, ...)`` of the requests whose outcome is known, oldest first: one
+        flat tuple of atomic values, which the collector stops tracking at its first pass (a
+        NamedTuple, a dict or a tuple of tuples inside would keep it tracked longer, or for good)."""
         self.dropped = 0
         """Entries dropped before any outcome arrived."""
 
@@ -90,13 +109,22 @@ class InFlight:
         entry.expires = now + self._ttl_s
         self._entries[request_id] = entry
 
-    def get(self, request_id: object) -> Admitted | None:
-        """The live entry of an id (None for anything else: unknown, expired, not a string)."""
+    def get(self, request_id: object) -> Admitted | Settled | None:
+        """The entry of an id for its response headers, live or settled (None for anything else:
+        unknown, expired, not a string)."""
         if not isinstance(request_id, str):
             return None
         entry = self._entries.get(request_id)
-        if entry is None:
-            entry = self._settled.get(request_id)
+        if entry is not None:
+            return entry if entry.expires > self._clock() else None
+        settled = self._settled.get(request_id)
+        if settled is None or settled[0] <= self._clock():
+            return None
+        return Settled(settled[0], dict(zip(settled[1::2], settled[2::2], strict=True)))
+
+    def live(self, request_id: object) -> Admitted | None:
+        """The entry of an id still waiting for its final outcome (None once settled, or unknown)."""
+        entry = self._entries.get(request_id) if isinstance(request_id, str) else None
         if entry is None or entry.expires <= self._clock():
             return None
         return entry
@@ -109,9 +137,10 @@ class InFlight:
             self._entries.move_to_end(request_id)
 
     def take(self, request_id: object, final: bool) -> Admitted | None:
-        """The entry for an outcome: a ``final`` (success) one only once; failures may repeat
-        (a router fallback fails before it succeeds)."""
-        entry = self.get(request_id)
+        """The live entry for an outcome: a ``final`` (success) one only once, then it is settled;
+        failures may repeat (a router fallback fails before it succeeds). A settled id (its
+        outcome is known or was recorded before the call) finds nothing."""
+        entry = self.live(request_id)
         if entry is None or entry.finished:
             return None
         entry.seen_outcome = True
@@ -121,23 +150,17 @@ class InFlight:
         return entry
 
     def _settle(self, request_id: str, entry: Admitted, now: float) -> None:
-        """Keep a slim copy of ``entry`` (its headers, context and estimate) for ``settled_ttl_s``; the
-        context without the request's parameters, so nothing of LiteLLM's request stays alive."""
-        full = entry.admission
-        slim = Admission(context=full.context.without_request_params(), estimate=full.estimate, headers=full.headers)
-        self._settled[request_id] = Admitted(
-            slim,
-            recorded=entry.recorded,
-            expires=now + self._settled_ttl_s,
-            finished=entry.finished,
-            seen_outcome=entry.seen_outcome,
-            renewed_at=entry.renewed_at,
-        )
+        """Keep only ``entry``'s headers for ``settled_ttl_s`` (nothing of the admission or of
+        LiteLLM's request stays alive)."""
+        flat: list[Any] = [now + self._settled_ttl_s]
+        for name, value in entry.admission.headers.items():
+            flat += (name, value)
+        self._settled[request_id] = tuple(flat)
 
     def _sweep(self, now: float) -> None:
         while self._settled:
-            oldest = next(iter(self._settled.values()))
-            if oldest.expires > now and len(self) < self._max:
+            expires = next(iter(self._settled.values()))[0]
+            if expires > now and len(self) < self._max:
                 break
             self._settled.popitem(last=False)
         while self._entries:

@@ -31,6 +31,7 @@ from costkit_litellm.config import CostKitConfig, load_config
 from costkit_litellm.context import RequestContext
 from costkit_litellm.embeddings import LOCAL_MINILM, Embedder, EmbedderUnavailable
 from costkit_litellm.errors import ConfigError
+from costkit_litellm.heap import schedule_freeze
 from costkit_litellm.money import format_usd
 from costkit_litellm.pipeline import Admission, Outcome, Stage
 from costkit_litellm.pricing import CostEstimate, PriceSource, Pricing
@@ -224,6 +225,7 @@ class CostKit:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        schedule_freeze(self.config.performance.gc_freeze_after_s)
         self._serve_metrics()
         self._restore_spool()
         await self.store.start()

@@ -327,7 +327,7 @@ class CostKitCallback(CustomLogger):
         entry = self.inflight.get(_request_id(request_metadata(data, metadata_key(data, CHAT))))
         if entry is None:
             return {}
-        headers = dict(entry.admission.headers)
+        headers = dict(entry.headers)
         if response is None:
             headers[HEADER_COST] = format_usd(0)
         elif hasattr(response, "__aiter__") or data.get("stream") is True:
@@ -363,8 +363,8 @@ class CostKitCallback(CustomLogger):
         every ``lease_s / 3``), so a live stream's hold never expires into spent money early."""
         request_id = _request_id(request_metadata(request_data))
         async for chunk in response:
-            entry = self.inflight.get(request_id)
-            if entry is not None and not entry.finished and isinstance(request_id, str) and self.kit.config.enabled:
+            entry = self.inflight.live(request_id)
+            if entry is not None and isinstance(request_id, str) and self.kit.config.enabled:
                 now = time.monotonic()
                 if now - entry.renewed_at >= self.lease_s / 3:
                     entry.renewed_at = now
@@ -386,12 +386,11 @@ class CostKitCallback(CustomLogger):
         request_id = raw.get("id") if isinstance(raw, Mapping) else None
         entry = self.inflight.take(request_id, final=kind == "success")
         if entry is None and self._issued_by_a_kit(request_id):
-            # Another kit's request in this process, or a repeated success callback of ours:
-            # nothing more to record. Any other id was written by a client on a route the hook
-            # did not see: it is accounted below as not admitted, never dropped.
+            # Another kit's request in this process, a repeated success callback of ours, or a
+            # request recorded when it happened (refused, answered by a policy, a cascade's cheap
+            # call: settled at once): nothing more to record. Any other id was written by a client
+            # on a route the hook did not see: it is accounted below as not admitted, never dropped.
             return None
-        if entry is not None and entry.recorded:
-            return None  # refused, answered by a policy, or a cascade's cheap call: recorded when it happened
         admission = entry.admission if entry is not None else None
         if admission is None:
             # Not admitted by this kit (a route the hook skips, another kit's call, a forged or
