@@ -12,7 +12,9 @@ over several rounds:
 - ``router + pack``: the same Router with ``install(kit, router)``.
 
 The difference is the pack's cost per request, including LiteLLM's work for a registered
-callback. ``--profile`` adds a cProfile of the pack arm and prints the pack's top functions.
+callback. ``--profile`` adds a cProfile of the pack arm and prints the pack's top functions
+(``--profile-sort tottime`` for their own time, ``--profile-filter ''`` for LiteLLM's too; cProfile
+counts every resumption of a coroutine as a call, so an ``async def`` shows about two calls per request).
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/hot_path.py --requests 2000 --rounds 3
 """
@@ -161,7 +163,7 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
         profiler.disable()
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("cumulative").print_stats("costkit_litellm", 40)
+        stats.sort_stats(args.profile_sort).print_stats(args.profile_filter, 40)
         print(out.getvalue(), file=sys.stderr)
     await asyncio.sleep(1.0)  # the last logging callbacks
     for each in kits:
@@ -196,6 +198,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--memory-arm", action="store_true", help="add the pack on the in-process store")
     parser.add_argument("--profile", action="store_true", help="cProfile one more pack run; print the pack's top")
+    parser.add_argument("--profile-sort", default="cumulative", help="pstats order: cumulative, tottime, ncalls...")
+    parser.add_argument(
+        "--profile-filter", default="costkit_litellm", help="only functions whose path matches ('' = everything)"
+    )
     return parser.parse_args(argv)
 
 

@@ -48,7 +48,8 @@ class CostKitMetrics:
         self.tag_labels = tuple(tag_labels)
         self._limiter = LabelLimiter(self.tag_labels, max_label_values)
         self._lock = threading.Lock()
-        self._remaining_keys: set[tuple[str, str]] = set()
+        self._remaining_children: dict[tuple[str, str], Gauge] = {}
+        """The remaining-budget gauge's children by (budget, value): at most ``max_remaining_series``."""
         self._max_remaining = max_remaining_series
         self._series: dict[tuple[str, str, str, str, tuple[str, ...]], _Series] = {}
         self._cache_results: dict[str, Counter] = {}
@@ -200,12 +201,15 @@ class CostKitMetrics:
     def budget_remaining(self, budget: str, value: str, nano: int) -> None:
         """What is left of one budget for one value (at most ``max_remaining_series`` pairs)."""
         key = (budget, value)
-        with self._lock:
-            if key not in self._remaining_keys:
-                if len(self._remaining_keys) >= self._max_remaining:
-                    return
-                self._remaining_keys.add(key)
-        self.remaining.labels(budget, value).set(nano / NANO_PER_USD)
+        child = self._remaining_children.get(key)
+        if child is None:
+            with self._lock:
+                if key not in self._remaining_children:
+                    if len(self._remaining_children) >= self._max_remaining:
+                        return
+                    self._remaining_children[key] = self.remaining.labels(budget, value)
+                child = self._remaining_children[key]
+        child.set(nano / NANO_PER_USD)
 
     def rejected(self, budget: str, reason: str) -> None:
         """A refusal by a budget (``exceeded``, ``too_large``, ``price_unknown``, ``store_unavailable``)."""

@@ -101,7 +101,10 @@ def _storable(response: Mapping[str, Any] | None) -> bool:
         return False
     for choice in choices:
         message = choice.get("message") if isinstance(choice, Mapping) else None
-        if not isinstance(message, Mapping) or choice.get("finish_reason") not in _STORABLE_FINISH:
+        finish = choice.get("finish_reason") if isinstance(choice, Mapping) else None
+        if not isinstance(message, Mapping) or not (finish is None or isinstance(finish, str)):
+            return False
+        if finish not in _STORABLE_FINISH:
             return False
         if not message.get("content") and not message.get("tool_calls"):
             return False

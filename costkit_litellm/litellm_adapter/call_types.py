@@ -23,6 +23,7 @@ An unknown call type is ``other``, bounded ``unbounded``: never silently unlimit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -193,8 +194,14 @@ def metadata_key(data: Mapping[str, Any], row: CallType) -> MetadataKey:
     server = data.get("proxy_server_request")
     url = server.get("url") if isinstance(server, Mapping) else None
     if isinstance(url, str) and url:
-        return metadata_variable_name_for_route(urlsplit(url).path)
+        return _metadata_key_for_url(url)
     return row.metadata_key
+
+
+@functools.lru_cache(maxsize=1024)
+def _metadata_key_for_url(url: str) -> MetadataKey:
+    """LiteLLM's metadata dict for a request URL (the same few URLs every request: remembered)."""
+    return metadata_variable_name_for_route(urlsplit(url).path)
 
 
 CHAT = ROWS[0]

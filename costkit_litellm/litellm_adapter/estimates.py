@@ -64,12 +64,18 @@ def _json_len(value: Any) -> int:
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
+def _is_image_part(part: Mapping[str, Any]) -> bool:
+    """True for an image content part; a part whose ``type`` is not a string (a malformed request) is text."""
+    kind = part.get("type")
+    return isinstance(kind, str) and kind in _IMAGE_PARTS
+
+
 def _without_images(value: Any) -> tuple[Any, int]:
     """``value`` with its image parts taken out (their base64 is not text), and how many there were."""
     if isinstance(value, list):
         kept, count = [], 0
         for item in value:
-            if isinstance(item, Mapping) and item.get("type") in _IMAGE_PARTS:
+            if isinstance(item, Mapping) and _is_image_part(item):
                 count += 1
                 continue
             inner, found = _without_images(item)
@@ -86,13 +92,10 @@ def _without_images(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
-def _chars_bound(data: Mapping[str, Any], fields: Iterable[str]) -> int:
-    """At least one token per 4 characters of each billable field's JSON, images aside (a tokenizer-free floor)."""
-    return sum(
-        math.ceil(_json_len(_without_images(data[f])[0]) / _CHARS_PER_TOKEN)
-        for f in fields
-        if data.get(f) not in (None, "", [])
-    )
+def _chars_bound(values: Iterable[Any]) -> int:
+    """At least one token per 4 characters of each billable field's JSON (``values``: the fields,
+    images already taken out): a tokenizer-free floor."""
+    return sum(math.ceil(_json_len(value) / _CHARS_PER_TOKEN) for value in values)
 
 
 def image_tokens(configured: int | None = None) -> int:
@@ -117,23 +120,28 @@ def input_tokens(model: str | None, data: Mapping[str, Any], image_allowance: in
     name = model or "gpt-4o"
     messages = data.get("messages")
     images = 0
-    if isinstance(messages, list) and messages:
-        text_only, images = _without_images(messages)
-        try:
-            counted += _TOKENS.messages(name, text_only)
-        except Exception:  # a message LiteLLM cannot read: the character floor below still counts it
-            counted += 0
+    floor: list[Any] = []  # every billable field, images out, for the character floor
+    if messages not in (None, "", []):
+        text_only, found = _without_images(messages)
+        floor.append(text_only)
+        if isinstance(messages, list):
+            images = found
+            try:
+                counted += _TOKENS.messages(name, text_only)
+            except Exception:  # a message LiteLLM cannot read: the character floor below still counts it
+                counted += 0
     others = [f for f in _TEXT_FIELDS if data.get(f) not in (None, "", [])]
     if others:
         stripped = [_without_images(data[f]) for f in others]
         images += sum(found for _, found in stripped)
+        floor.extend(value for value, _ in stripped)
         text = "\n".join(_text_of(value) for value, _ in stripped)
         try:
             counted += _TOKENS.text(name, text)
         except Exception:
             counted += 0
     allowance = images * image_tokens(image_allowance) if images else 0
-    return max(counted, _chars_bound(data, ("messages", *_TEXT_FIELDS))) + allowance
+    return max(counted, _chars_bound(floor)) + allowance
 
 
 def _embedding_tokens(model: str | None, data: Mapping[str, Any]) -> int:

@@ -232,7 +232,8 @@ class RedisStore:
         trips); an id already known is refused (``collision``). Standalone: one script."""
         _check_amount(amount)
         check_limits(limits)
-        spec = _spec(limits)
+        windows = [_window_args(limit) for limit in limits]
+        spec = _spec(limits, windows)
         record = self._record_keys(call_id)
         head = [call_id, str(amount), _ms(lease_s), self._record_ttl(lease_s), spec]
         if not self._cluster:
@@ -241,7 +242,9 @@ class RedisStore:
             args = [self._now(), "1", *head, str(len(counters))]
             for c in counters:
                 args += _counter_args(c)
-            args += [v for limit in limits for v in _cap_args(limit)]
+            for limit, window in zip(limits, windows, strict=True):
+                args.append(str(limit.cap))
+                args += window
             reply = await self._eval("reserve", keys, args)
             return _reserve_result(reply, limits, len(counters))
         # Cluster: counters one by one (other slots), then claim the id with its record (one slot),
@@ -346,7 +349,12 @@ class RedisStore:
         keys = [*self._record_keys(call_id), f"{self._prefix}:{{commit:{call_id}}}"]
         head = [self._now(), call_id, "" if amount is None else str(amount), str(self._grace_ms)]
         both = [k for limit in limits for k in self._limit_keys(limit.key)]
-        reply = await self._eval("commit_release", keys + both, [*head, _spec(limits), *_role_args("b", limits)])
+        windows = [_window_args(limit) for limit in limits]
+        args = [*head, _spec(limits, windows)]
+        for window in windows:
+            args.append("b")
+            args += window
+        reply = await self._eval("commit_release", keys + both, args)
         for _ in range(3):  # the record holds other limits: release those, commit on the given ones
             if int(reply[0]) >= 0:
                 return FinishResult(committed=int(reply[0]) == 1, released=int(reply[1]) == 1)
@@ -613,10 +621,13 @@ def _counter_args(counter: Counter) -> list[str]:
     return [str(counter.amount), ttl, "1" if counter.extend else "0", above]
 
 
-def _spec(limits: Sequence[Limit]) -> str:
+def _spec(limits: Sequence[Limit], windows: Sequence[list[str]] | None = None) -> str:
     """The limits a reservation holds, as stored in its record:
-    ``[[key, window_end_ms, rolling_window_ms, bucket_ms], ...]``."""
-    return json.dumps([[limit.key, *_window_args(limit)] for limit in limits])
+    ``[[key, window_end_ms, rolling_window_ms, bucket_ms], ...]`` (``windows``: the limits'
+    ``_window_args``, when the caller has them already)."""
+    if windows is None:
+        windows = [_window_args(limit) for limit in limits]
+    return json.dumps([[limit.key, *window] for limit, window in zip(limits, windows, strict=True)])
 
 
 def _parse_spec(spec: str) -> list[tuple[str, str, str, str]]:
@@ -636,7 +647,7 @@ def _glob_escape(text: str) -> str:
 
 def _reserve_result(reply: list[Any], limits: Sequence[Limit], counters: int) -> ReserveResult:
     """``reserve.lua``'s reply (the last ``counters`` entries are the counters' values)."""
-    counts = tuple(int(v) for v in reply[len(reply) - counters :])
+    counts = tuple(map(int, reply[len(reply) - counters :])) if counters else ()
     status = int(reply[0])
     if status == 4:
         return ReserveResult(ok=False, counts=counts, tripped=int(reply[1]) - 1)

@@ -4,17 +4,21 @@ dict, and worst-case inputs that count every billable field."""
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import litellm
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costkit_litellm.config import PricingConfig
 from costkit_litellm.context import from_request
 from costkit_litellm.litellm_adapter.call_types import ENDPOINTS, ROWS, UNKNOWN, call_type, metadata_key
-from costkit_litellm.litellm_adapter.estimates import Estimator, conversation, input_tokens
+from costkit_litellm.litellm_adapter.estimates import Estimator, _without_images, conversation, input_tokens
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
 from costkit_litellm.pricing import Pricing
 
@@ -28,6 +32,21 @@ def _proxy_route_types() -> set[str]:
         text = path.read_text(errors="ignore")
         found.update(m.group(1) for m in re.finditer(r'route_type\s*=\s*"([a-z_]+)"', text))
     return found
+
+
+BILLABLE = ("messages", "prompt", "input", "instructions", "system", "tools", "functions", "response_format", "text")
+_PARTS = st.sampled_from(
+    [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 400}}, {"type": "text", "text": "hi"}]
+)
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=60), _PARTS),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from(["role", "content", "type", "text"]), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+"""Request field values as JSON bodies carry them, image parts among them."""
 
 
 class TestTable:
@@ -129,6 +148,24 @@ class TestWorstCaseInputs:
     def test_never_fewer_than_a_token_per_four_characters(self) -> None:
         """A text the tokenizer packs tightly is still held at one token per 4 characters of it."""
         assert input_tokens("gpt-4o-mini", {"prompt": "a" * 40_000}) >= 10_000
+
+    def test_a_part_whose_type_is_not_a_string_is_text_not_an_error(self) -> None:
+        """A malformed part (``"type": {...}``) is counted as text; it never makes the estimate raise."""
+        part = {"type": {"type": "image_url"}, "text": "word " * 400}
+        assert input_tokens("gpt-4o-mini", {"messages": [{"role": "user", "content": [part]}]}) >= 400
+        assert input_tokens("gpt-4o-mini", {"messages": [{"type": ["image"], "content": "x"}]}) > 0
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(BILLABLE), JSON_VALUES, max_size=4))
+    def test_every_billable_field_counts_in_the_character_floor(self, body: dict[str, Any]) -> None:
+        """Whatever the tokenizer says, a body is held at one token per 4 characters of each billable
+        field's JSON (images out), each field once."""
+        floor = sum(
+            math.ceil(len(json.dumps(_without_images(body[f])[0], ensure_ascii=False, default=str)) / 4)
+            for f in BILLABLE
+            if body.get(f) not in (None, "", [])
+        )
+        assert input_tokens("gpt-4o-mini", body) >= floor
 
     def test_images_count_by_litellm_rule_not_by_their_base64(self) -> None:
         """A 200 kB base64 image is held at LiteLLM's image tokens (chat and Responses), not at 50k 'tokens'."""
