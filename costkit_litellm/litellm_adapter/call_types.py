@@ -194,8 +194,14 @@ def metadata_key(data: Mapping[str, Any], row: CallType) -> MetadataKey:
     server = data.get("proxy_server_request")
     url = server.get("url") if isinstance(server, Mapping) else None
     if isinstance(url, str) and url:
+        if len(url) > _REMEMBERED_URL_CHARS:  # a long URL (a client's query string) is not remembered
+            return metadata_variable_name_for_route(urlsplit(url).path)
         return _metadata_key_for_url(url)
     return row.metadata_key
+
+
+_REMEMBERED_URL_CHARS = 256
+"""URLs up to this long are remembered (at most 1,024 of them: a quarter of a megabyte at worst)."""
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from costkit_litellm.config import PricingConfig
 from costkit_litellm.context import from_request
 from costkit_litellm.litellm_adapter.call_types import ENDPOINTS, ROWS, UNKNOWN, call_type, metadata_key
-from costkit_litellm.litellm_adapter.estimates import Estimator, _without_images, conversation, input_tokens
+from costkit_litellm.litellm_adapter.estimates import Estimator, conversation, input_tokens
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
 from costkit_litellm.pricing import Pricing
 
@@ -47,6 +47,19 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 """Request field values as JSON bodies carry them, image parts among them."""
+
+
+def _text_parts(value: Any) -> Any:
+    """``value`` without its image parts (list items that are objects typed image_url, input_image or image)."""
+    if isinstance(value, list):
+        return [
+            _text_parts(v)
+            for v in value
+            if not (isinstance(v, dict) and v.get("type") in ("image_url", "input_image", "image"))
+        ]
+    if isinstance(value, dict):
+        return {k: _text_parts(v) for k, v in value.items()}
+    return value
 
 
 class TestTable:
@@ -84,6 +97,19 @@ class TestTable:
         data = {"proxy_server_request": {"url": "http://proxy/anthropic/v1/messages"}}
         assert metadata_key(data, call_type("pass_through_endpoint")) == "litellm_metadata"
         assert metadata_key({}, call_type("pass_through_endpoint")) == "metadata"
+
+    def test_long_urls_answer_the_same_and_are_not_remembered(self) -> None:
+        """A URL with a long query string gets the same dict as its path, and the memo of URLs stays small."""
+        from costkit_litellm.litellm_adapter import call_types
+
+        row = call_type("pass_through_endpoint")
+        for path, key in (("/anthropic/v1/messages", "litellm_metadata"), ("/v1/chat/completions", "metadata")):
+            before = call_types._metadata_key_for_url.cache_info().currsize
+            for n in range(50):
+                long = {"proxy_server_request": {"url": f"http://proxy{path}?pad={'x' * 300}{n}"}}
+                assert metadata_key(long, row) == key
+            assert call_types._metadata_key_for_url.cache_info().currsize == before
+            assert metadata_key({"proxy_server_request": {"url": f"http://proxy{path}?n=1"}}, row) == key
 
     def test_unknown_call_types_are_unbounded_never_free(self) -> None:
         """A call type the table does not know is 'other' and unbounded: budgets refuse or hold it."""
@@ -161,7 +187,7 @@ class TestWorstCaseInputs:
         """Whatever the tokenizer says, a body is held at one token per 4 characters of each billable
         field's JSON (images out), each field once."""
         floor = sum(
-            math.ceil(len(json.dumps(_without_images(body[f])[0], ensure_ascii=False, default=str)) / 4)
+            math.ceil(len(json.dumps(_text_parts(body[f]), ensure_ascii=False, default=str)) / 4)
             for f in BILLABLE
             if body.get(f) not in (None, "", [])
         )
