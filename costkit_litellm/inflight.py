@@ -53,6 +53,9 @@ class Admitted:
     seen_outcome: bool = False
     renewed_at: float = 0.0
     """Monotonic time of the last lease renewal (streams)."""
+    failed: bool = False
+    """The request failed for good (the proxy's failure hook, or the router wrapper's exception): its
+    holds were settled; late failure callbacks of its attempts are still accounted."""
 
     @property
     def headers(self) -> Mapping[str, str]:

@@ -120,6 +120,12 @@ class Outcome:
     """What the stages put in ``Admission.state`` before the call."""
     response: Mapping[str, Any] | None = None
     """The provider's answer as an OpenAI chat completion dict (successful non-streaming calls)."""
+    final: bool = True
+    """False for a failed attempt LiteLLM may still follow with a retry or a fallback (its logging
+    callback fires per attempt): the request's holds stay until its final outcome."""
+    settle_only: bool = False
+    """True for a request's final failure after its attempts were recorded: only what it holds is
+    settled (the budgets release it); nothing is accounted again."""
 
 
 def message_text(content: Any) -> str:

@@ -76,6 +76,8 @@ class AccountingStage:
 
     async def on_outcome(self, outcome: Outcome) -> None:
         """Append to the ledger; count in metrics if this is the first time."""
+        if outcome.settle_only:  # its attempts were accounted when they failed
+            return
         event = UsageEvent.from_outcome(self.enrich(outcome))
         first = True
         if event.call_id and self._ledger:

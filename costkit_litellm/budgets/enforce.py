@@ -347,6 +347,8 @@ class BudgetStage:
         call_id = outcome.context.call_id
         if not isinstance(state, Mapping) or not call_id:
             return
+        if outcome.kind == "failure" and not outcome.final:
+            return  # a retry or a fallback may still run on this hold: the final outcome settles it
         limits = [_limit_from_json(x) for x in state.get("limits", [])]
         operations: list[_Operation] = []
         routing = outcome.state.get("routing")

@@ -51,7 +51,11 @@ def _wrap(callback: CostKitCallback, call: Callable[..., Awaitable[Any]]) -> Cal
             await callback.admit(kwargs)
         except RequestAnswered as answer:
             return final_answer(str(kwargs.get("model", "")), answer)
-        response = await call(**kwargs)
+        try:
+            response = await call(**kwargs)
+        except Exception:  # after the router's retries and fallbacks: the request's end
+            await callback.request_failed(kwargs)
+            raise
         _attach_headers(callback, kwargs, response)
         return response
 

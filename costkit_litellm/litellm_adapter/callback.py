@@ -426,7 +426,51 @@ class CostKitCallback(CustomLogger):
             timestamp=time.time(),
             state=admission.state if admission is not None else {},
             response=_response_dict(response_obj) if kind == "success" else None,
+            final=kind != "failure",  # LiteLLM logs every failed attempt; a retry or fallback may follow
         )
+
+    async def request_failed(self, data: Mapping[str, Any]) -> None:
+        """The request failed for good (after LiteLLM's retries and fallbacks): settle what it holds.
+
+        LiteLLM's failure callback fires for every failed attempt, and a retry or a fallback may then
+        run on the same hold, so those release nothing; this is the request's end. Its entry stays
+        live (the attempts' failure callbacks may still arrive and are accounted as before); a success
+        that already took it, a second call, or an id this kit did not admit change nothing."""
+        request_id = _request_id(request_metadata(data, metadata_key(data, CHAT)))
+        entry = self.inflight.live(request_id)
+        if entry is None or entry.finished or entry.failed:
+            return
+        entry.failed = True
+        admission = entry.admission
+        await self.kit.record(
+            Outcome(
+                kind="failure",
+                context=admission.context,
+                model=admission.context.model,
+                deployment_model=None,
+                cost=Nano(0),
+                timestamp=time.time(),
+                state=admission.state,
+                settle_only=True,
+            )
+        )
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> Any:
+        """Proxy hook, once per request the client gets an error for: settle what it still holds
+        (``request_failed``). The error itself is left as it is."""
+        if not self.kit.config.enabled or not isinstance(request_data, Mapping):
+            return None
+        try:
+            await self.request_failed(request_data)
+        except Exception:  # the error response must go out whatever happens here
+            log.exception("costkit: could not settle a failed request's holds")
+        return None
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """Record a successful call (streaming calls arrive once, when the stream ends)."""

@@ -10,7 +10,17 @@ from typing import Any
 
 import openai
 import pytest
-from test_budgets_proxy import COMPLETION_TOKENS, MAX_TOKENS, PROMPT_TOKENS, nano, redis_store, settled, unique, usd
+from test_budgets_proxy import (
+    COMPLETION_TOKENS,
+    MAX_TOKENS,
+    PROMPT_TOKENS,
+    nano,
+    redis_store,
+    settled,
+    unique,
+    usage,
+    usd,
+)
 
 from costkit_litellm.testing.fake_provider import FakeProvider
 from costkit_litellm.testing.proxy_server import ProxyServer, base_config, enable_costkit, openai_deployment
@@ -94,6 +104,64 @@ async def test_concurrent_fallbacks_never_spend_past_the_cap(
     assert final.committed <= limit, (final, limit, statuses.count(200))
     costs = [nano(h["x-costkit-cost-usd"]) for s, h in results if s == 200]
     assert final.committed == sum(costs)
+
+
+@pytest.fixture(scope="module")
+def one_hold_proxy(
+    config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer, fallback_provider: FakeProvider
+) -> Iterator[tuple[ProxyServer, str, int]]:
+    """As ``fallback_proxy``, with a cap of one and a half worst cases: one hold leaves no room for a second."""
+    prefix = unique("onehold")
+    models = [
+        openai_deployment("primary", fallback_provider.base_url, extra_headers={"x-fake-fail": "429"}),
+        openai_deployment("backup", fallback_provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
+    ]
+    config = base_config(models, num_retries=0)
+    config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
+    limit = 39_000  # a worst case is 25,500 n$
+    costkit = capped(redis_server, prefix, limit)
+    with ProxyServer(config_writer(unique("onehold"), enable_costkit(config, costkit))) as proxy:
+        yield proxy, prefix, limit
+
+
+async def test_a_failed_attempt_keeps_its_hold_while_the_fallback_runs(
+    one_hold_proxy: tuple[ProxyServer, str, int], redis_server: RedisServer
+) -> None:
+    """The first deployment fails at once and the fallback takes 1.5 s: a request sent meanwhile finds
+    the first one's hold still there and is refused (the failed attempt gave nothing back), and the
+    first one's answer is then committed and its hold released."""
+    proxy, prefix, limit = one_hold_proxy
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key=proxy.auth_headers["Authorization"].split()[-1], max_retries=0
+    )
+
+    async def send(text: str) -> tuple[int, Mapping[str, str]]:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="primary",
+                max_tokens=MAX_TOKENS,
+                messages=[{"role": "user", "content": text}],
+                extra_body={"metadata": {"user_id": USER}},
+            )
+            return raw.status_code, raw.headers
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.headers
+
+    try:
+        first = asyncio.create_task(send("first"))
+        await asyncio.sleep(0.8)  # the primary has failed; the fallback is on its way
+        async with redis_store(redis_server.url, prefix) as store:
+            during = await usage(store, f"budget:fb:total:{USER}:")
+        second_status, _ = await send("second")
+        first_status, first_headers = await first
+    finally:
+        await client.close()
+    assert during.reserved == nano(first_headers["x-costkit-max-cost-usd"]), during
+    assert (first_status, second_status) == (200, 429)
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, f"budget:fb:total:{USER}:")
+    assert final.reserved == 0
+    assert final.committed == nano(first_headers["x-costkit-cost-usd"]) <= limit
 
 
 @pytest.fixture(scope="module")

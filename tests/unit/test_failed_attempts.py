@@ -1,0 +1,54 @@
+"""A failed attempt that LiteLLM may retry or fall back from keeps the request's hold; the request's end settles it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from test_round_trips import BUDGET, KEY, ctx, make_kit, sample, say, success
+
+from costkit_litellm.money import Nano
+from costkit_litellm.pipeline import Admission, Outcome
+
+
+def failure(admission: Admission, **flags: bool) -> Outcome:
+    return Outcome(
+        kind="failure",
+        context=admission.context,
+        model="m",
+        deployment_model=None,
+        cost=Nano(0),
+        state=admission.state,
+        **flags,
+    )
+
+
+async def test_a_failed_attempt_keeps_the_hold_and_is_accounted() -> None:
+    """A non-final failure releases nothing (a retry or fallback runs on the hold) but is counted as a failure."""
+    kit, store, registry = make_kit([BUDGET])
+    admission = await kit.admit(ctx(), 10, messages=say("a"))
+    held = (await store.usage([KEY]))[0].reserved
+    assert held > 0
+    await kit.record(failure(admission, final=False))
+    assert (await store.usage([KEY]))[0].reserved == held
+    assert sample(registry, "costkit_requests_total", model="m", tier="none", outcome="failure", endpoint="chat") == 1
+
+
+async def test_the_final_failure_releases_and_is_not_accounted_again() -> None:
+    """The request's final failure (settle_only) releases the hold, commits nothing, and counts no second failure."""
+    kit, store, registry = make_kit([BUDGET])
+    admission = await kit.admit(ctx(), 10, messages=say("a"))
+    await kit.record(failure(admission, final=False))
+    await kit.record(failure(admission, settle_only=True))
+    usage = (await store.usage([KEY]))[0]
+    assert (usage.committed, usage.reserved) == (0, 0)
+    assert sample(registry, "costkit_requests_total", model="m", tier="none", outcome="failure", endpoint="chat") == 1
+
+
+async def test_a_fallback_that_answers_commits_on_the_hold_it_kept() -> None:
+    """Failed attempt, then the fallback's success: its cost is committed and the hold released in one step."""
+    kit, store, _ = make_kit([BUDGET])
+    admission = await kit.admit(ctx(), 10, messages=say("a"))
+    await kit.record(failure(admission, final=False))
+    await success(kit, replace(admission), 7_000)
+    usage = (await store.usage([KEY]))[0]
+    assert (usage.committed, usage.reserved) == (7_000, 0)
