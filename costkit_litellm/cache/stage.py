@@ -261,6 +261,8 @@ class CacheStage:
     # --- after the call -----------------------------------------------------------------
     async def on_outcome(self, outcome: Outcome) -> None:
         """Count the result; store a successful miss with what it cost."""
+        if outcome.kind == "failure" and not outcome.final:
+            return  # a retry or a fallback may still answer: the request's end is counted (and stored)
         if outcome.cache_hit and outcome.saved_source == "cache":
             self._count("hit", int(outcome.saved or 0))
             return

@@ -440,8 +440,11 @@ class CostKitCallback(CustomLogger):
         entry = self.inflight.live(request_id)
         if entry is None or entry.finished or entry.failed:
             return
-        entry.failed = True
         admission = entry.admission
+        call_id = data.get("litellm_call_id")
+        if admission.context.client_call_id != (call_id if isinstance(call_id, str) else None):
+            return  # not the request admitted under this id (a body the pre-call hook never cleaned)
+        entry.failed = True
         await self.kit.record(
             Outcome(
                 kind="failure",

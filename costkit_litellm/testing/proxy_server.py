@@ -56,6 +56,9 @@ COSTKIT_CALLBACK = "costkit_litellm.litellm_adapter.proxy.costkit_callback"
 
 _RUNNING: set[ProxyServer] = set()
 
+KEEPALIVE_S = 75
+"""Seconds the test proxies keep an idle client connection open (uvicorn's default is 5)."""
+
 
 class ProxyStartError(RuntimeError):
     """The proxy exited, or never became healthy, during start-up."""
@@ -153,6 +156,11 @@ class ProxyServer:
         }
         command = [_litellm_executable(), "--config", str(self.config_path), "--port", str(self.port)]
         command += ["--host", "127.0.0.1", *self.extra_args]
+        if "--keepalive_timeout" not in self.extra_args:
+            # uvicorn closes an idle connection after 5 s, as httpx's pool expires one: a client that picks a
+            # pooled connection just as the server closes it gets a connection error for a request never read.
+            # The server keeps them longer, so the client's pool always lets go first (as behind a load balancer).
+            command += ["--keepalive_timeout", str(KEEPALIVE_S)]
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 command,

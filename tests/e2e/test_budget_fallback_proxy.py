@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from test_budgets_proxy import (
@@ -20,6 +21,7 @@ from test_budgets_proxy import (
     unique,
     usage,
     usd,
+    wait_for,
 )
 
 from costkit_litellm.testing.fake_provider import FakeProvider
@@ -115,6 +117,7 @@ def one_hold_proxy(
     models = [
         openai_deployment("primary", fallback_provider.base_url, extra_headers={"x-fake-fail": "429"}),
         openai_deployment("backup", fallback_provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
+        openai_deployment("dead", fallback_provider.base_url, extra_headers={"x-fake-fail": "500"}),
     ]
     config = base_config(models, num_retries=0)
     config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
@@ -162,6 +165,28 @@ async def test_a_failed_attempt_keeps_its_hold_while_the_fallback_runs(
         final = await settled(store, f"budget:fb:total:{USER}:")
     assert final.reserved == 0
     assert final.committed == nano(first_headers["x-costkit-cost-usd"]) <= limit
+
+
+async def test_a_request_whose_every_attempt_fails_gives_its_hold_back_at_its_end(
+    one_hold_proxy: tuple[ProxyServer, str, int], redis_server: RedisServer
+) -> None:
+    """A deployment that always fails and has no fallback: the client's error is the request's end, and
+    the proxy's failure hook releases its hold at once (not when the 10-minute lease expires)."""
+    proxy, prefix, _ = one_hold_proxy
+    async with httpx.AsyncClient(base_url=proxy.base_url, headers=proxy.auth_headers, timeout=30) as client:
+        for stream in (False, True):
+            body = {
+                "model": "dead",
+                "max_tokens": MAX_TOKENS,
+                "stream": stream,
+                "messages": [{"role": "user", "content": f"fails (stream={stream})"}],
+                "metadata": {"user_id": USER},
+            }
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code >= 400 and "budget" not in response.text, response.text
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await wait_for(store, f"budget:fb:total:{USER}:", lambda u: u.reserved == 0, timeout_s=10)
+    assert final.reserved == 0, final
 
 
 @pytest.fixture(scope="module")

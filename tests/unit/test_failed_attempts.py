@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from test_round_trips import BUDGET, KEY, ctx, make_kit, sample, say, success
+from prometheus_client import CollectorRegistry
+from test_round_trips import BUDGET, KEY, Prices, ctx, make_kit, sample, say, success
 
+from costkit_litellm.config import parse_config
+from costkit_litellm.kit import CostKit
 from costkit_litellm.money import Nano
 from costkit_litellm.pipeline import Admission, Outcome
+from costkit_litellm.store import MemoryStore
 
 
 def failure(admission: Admission, **flags: bool) -> Outcome:
@@ -34,8 +38,12 @@ async def test_a_failed_attempt_keeps_the_hold_and_is_accounted() -> None:
 
 
 async def test_the_final_failure_releases_and_is_not_accounted_again() -> None:
-    """The request's final failure (settle_only) releases the hold, commits nothing, and counts no second failure."""
-    kit, store, registry = make_kit([BUDGET])
+    """The request's final failure (settle_only) releases the hold, commits nothing, and counts no second
+    failure (without a ledger, whose entry ids would hide a second count)."""
+    store = MemoryStore()
+    registry = CollectorRegistry()
+    config = parse_config({"budgets": [BUDGET], "ledger": {"enabled": False}})
+    kit = CostKit(config, store=store, price_source=Prices(), registry=registry)
     admission = await kit.admit(ctx(), 10, messages=say("a"))
     await kit.record(failure(admission, final=False))
     await kit.record(failure(admission, settle_only=True))
