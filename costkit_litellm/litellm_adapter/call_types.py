@@ -195,7 +195,7 @@ def metadata_key(data: Mapping[str, Any], row: CallType) -> MetadataKey:
     url = server.get("url") if isinstance(server, Mapping) else None
     if isinstance(url, str) and url:
         if len(url) > _REMEMBERED_URL_CHARS:  # a long URL (a client's query string) is not remembered
-            return metadata_variable_name_for_route(urlsplit(url).path)
+            return _metadata_key_of_url(url)
         return _metadata_key_for_url(url)
     return row.metadata_key
 
@@ -204,10 +204,13 @@ _REMEMBERED_URL_CHARS = 256
 """URLs up to this long are remembered (at most 1,024 of them: a quarter of a megabyte at worst)."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _metadata_key_for_url(url: str) -> MetadataKey:
-    """LiteLLM's metadata dict for a request URL (the same few URLs every request: remembered)."""
+def _metadata_key_of_url(url: str) -> MetadataKey:
+    """LiteLLM's metadata dict for a request URL (by its path)."""
     return metadata_variable_name_for_route(urlsplit(url).path)
+
+
+_metadata_key_for_url = functools.lru_cache(maxsize=1024)(_metadata_key_of_url)
+"""``_metadata_key_of_url`` remembered: the same few URLs come with every request."""
 
 
 CHAT = ROWS[0]

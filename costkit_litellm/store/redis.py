@@ -243,8 +243,7 @@ class RedisStore:
             for c in counters:
                 args += _counter_args(c)
             for limit, window in zip(limits, windows, strict=True):
-                args.append(str(limit.cap))
-                args += window
+                args += _cap_args(limit, window)
             reply = await self._eval("reserve", keys, args)
             return _reserve_result(reply, limits, len(counters))
         # Cluster: counters one by one (other slots), then claim the id with its record (one slot),
@@ -350,17 +349,15 @@ class RedisStore:
         head = [self._now(), call_id, "" if amount is None else str(amount), str(self._grace_ms)]
         both = [k for limit in limits for k in self._limit_keys(limit.key)]
         windows = [_window_args(limit) for limit in limits]
-        args = [*head, _spec(limits, windows)]
-        for window in windows:
-            args.append("b")
-            args += window
-        reply = await self._eval("commit_release", keys + both, args)
+        reply = await self._eval(
+            "commit_release", keys + both, [*head, _spec(limits, windows), *_role_args("b", windows)]
+        )
         for _ in range(3):  # the record holds other limits: release those, commit on the given ones
             if int(reply[0]) >= 0:
                 return FinishResult(committed=int(reply[0]) == 1, released=int(reply[1]) == 1)
             spec = await self._call("HGET", keys[0], "limits")
             held = [(key, windows) for key, *windows in _parse_spec(spec or "")]
-            args = [*head, spec or "", *_role_args("c", limits)]
+            args = [*head, spec or "", *_role_args("c", [_window_args(limit) for limit in limits])]
             args += [v for _, windows in held for v in ("r", *windows)]
             redis_keys = keys + both + [k for key, _ in held for k in self._limit_keys(key)]
             reply = await self._eval("commit_release", redis_keys, args)
@@ -605,13 +602,15 @@ def _window_args(limit: Limit) -> list[str]:
     return [_window_ms(limit.expires_at), str(window_ms), str(bucket_ms)]
 
 
-def _cap_args(limit: Limit) -> list[str]:
-    return [str(limit.cap), *_window_args(limit)]
+def _cap_args(limit: Limit, window: Sequence[str] | None = None) -> list[str]:
+    """``[cap, window_end_ms, rolling_window_ms, bucket_ms]`` (``window``: its ``_window_args``, when known)."""
+    return [str(limit.cap), *(_window_args(limit) if window is None else window)]
 
 
-def _role_args(role: str, limits: Sequence[Limit]) -> list[str]:
-    """``commit_release``'s per-limit arguments: ``[role, window_end_ms, rolling_window_ms, bucket_ms]`` each."""
-    return [v for limit in limits for v in (role, *_window_args(limit))]
+def _role_args(role: str, windows: Sequence[Sequence[str]]) -> list[str]:
+    """``commit_release``'s per-limit arguments: ``[role, window_end_ms, rolling_window_ms, bucket_ms]`` each
+    (``windows``: the limits' ``_window_args``)."""
+    return [v for window in windows for v in (role, *window)]
 
 
 def _counter_args(counter: Counter) -> list[str]:
@@ -647,7 +646,7 @@ def _glob_escape(text: str) -> str:
 
 def _reserve_result(reply: list[Any], limits: Sequence[Limit], counters: int) -> ReserveResult:
     """``reserve.lua``'s reply (the last ``counters`` entries are the counters' values)."""
-    counts = tuple(map(int, reply[len(reply) - counters :])) if counters else ()
+    counts = tuple(map(int, reply[len(reply) - counters :]))
     status = int(reply[0])
     if status == 4:
         return ReserveResult(ok=False, counts=counts, tripped=int(reply[1]) - 1)

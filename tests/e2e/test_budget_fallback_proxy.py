@@ -4,7 +4,8 @@ hold until the fallback's answer is settled, so concurrent requests cannot spend
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +71,38 @@ def fallback_provider() -> Iterator[FakeProvider]:
         yield fake
 
 
+@contextlib.contextmanager
+def fallback_deployments(
+    config_writer: Callable[[str, Mapping[str, Any]], Path],
+    redis_server: RedisServer,
+    provider: FakeProvider,
+    name: str,
+    limit: int,
+    extra: Sequence[Mapping[str, Any]] = (),
+) -> Iterator[tuple[ProxyServer, str, int]]:
+    """A proxy where 'primary' always fails (429) and the router falls back to 'backup', which answers after
+    1.5 s (no retries); ``extra`` deployments beside them; USER's total budget of ``limit`` n$."""
+    prefix = unique(name)
+    models = [
+        openai_deployment("primary", provider.base_url, extra_headers={"x-fake-fail": "429"}),
+        openai_deployment("backup", provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
+        *extra,
+    ]
+    config = base_config(models, num_retries=0)
+    config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
+    costkit = capped(redis_server, prefix, limit)
+    with ProxyServer(config_writer(unique(name), enable_costkit(config, costkit))) as proxy:
+        yield proxy, prefix, limit
+
+
 @pytest.fixture(scope="module")
 def fallback_proxy(
     config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer, fallback_provider: FakeProvider
 ) -> Iterator[tuple[ProxyServer, str, int]]:
     """'primary' always fails (429); the router falls back to 'backup', which answers after 1.5 s."""
-    prefix = unique("fallback")
-    models = [
-        openai_deployment("primary", fallback_provider.base_url, extra_headers={"x-fake-fail": "429"}),
-        openai_deployment("backup", fallback_provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
-    ]
-    config = base_config(models, num_retries=0)
-    config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
     # a cap of 5 worst cases (gpt-4o-mini: 5 prompt tokens x 150 + 40 x 600 n$ at most, counted a little higher)
-    limit = 5 * 26_000
-    costkit = capped(redis_server, prefix, limit)
-    with ProxyServer(config_writer(unique("fallback"), enable_costkit(config, costkit))) as proxy:
-        yield proxy, prefix, limit
+    with fallback_deployments(config_writer, redis_server, fallback_provider, "fallback", 5 * 26_000) as proxy:
+        yield proxy
 
 
 async def test_concurrent_fallbacks_never_spend_past_the_cap(
@@ -112,19 +128,12 @@ async def test_concurrent_fallbacks_never_spend_past_the_cap(
 def one_hold_proxy(
     config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer, fallback_provider: FakeProvider
 ) -> Iterator[tuple[ProxyServer, str, int]]:
-    """As ``fallback_proxy``, with a cap of one and a half worst cases: one hold leaves no room for a second."""
-    prefix = unique("onehold")
-    models = [
-        openai_deployment("primary", fallback_provider.base_url, extra_headers={"x-fake-fail": "429"}),
-        openai_deployment("backup", fallback_provider.base_url, extra_headers={"x-fake-latency-ms": "1500"}),
-        openai_deployment("dead", fallback_provider.base_url, extra_headers={"x-fake-fail": "500"}),
-    ]
-    config = base_config(models, num_retries=0)
-    config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"primary": ["backup"]}]}
+    """As ``fallback_proxy``, with a cap of one and a half worst cases: one hold leaves no room for a second;
+    and 'dead', which always fails (500) and has no fallback."""
+    dead = openai_deployment("dead", fallback_provider.base_url, extra_headers={"x-fake-fail": "500"})
     limit = 39_000  # a worst case is 25,500 n$
-    costkit = capped(redis_server, prefix, limit)
-    with ProxyServer(config_writer(unique("onehold"), enable_costkit(config, costkit))) as proxy:
-        yield proxy, prefix, limit
+    with fallback_deployments(config_writer, redis_server, fallback_provider, "onehold", limit, [dead]) as proxy:
+        yield proxy
 
 
 async def test_a_failed_attempt_keeps_its_hold_while_the_fallback_runs(

@@ -9,21 +9,7 @@ from test_round_trips import BUDGET, KEY, Prices, ctx, make_kit, sample, say, su
 
 from costkit_litellm.config import parse_config
 from costkit_litellm.kit import CostKit
-from costkit_litellm.money import Nano
-from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.store import MemoryStore
-
-
-def failure(admission: Admission, **flags: bool) -> Outcome:
-    return Outcome(
-        kind="failure",
-        context=admission.context,
-        model="m",
-        deployment_model=None,
-        cost=Nano(0),
-        state=admission.state,
-        **flags,
-    )
 
 
 async def test_a_failed_attempt_keeps_the_hold_and_is_accounted() -> None:
@@ -32,7 +18,7 @@ async def test_a_failed_attempt_keeps_the_hold_and_is_accounted() -> None:
     admission = await kit.admit(ctx(), 10, messages=say("a"))
     held = (await store.usage([KEY]))[0].reserved
     assert held > 0
-    await kit.record(failure(admission, final=False))
+    await success(kit, admission, 0, kind="failure", final=False)
     assert (await store.usage([KEY]))[0].reserved == held
     assert sample(registry, "costkit_requests_total", model="m", tier="none", outcome="failure", endpoint="chat") == 1
 
@@ -45,8 +31,8 @@ async def test_the_final_failure_releases_and_is_not_accounted_again() -> None:
     config = parse_config({"budgets": [BUDGET], "ledger": {"enabled": False}})
     kit = CostKit(config, store=store, price_source=Prices(), registry=registry)
     admission = await kit.admit(ctx(), 10, messages=say("a"))
-    await kit.record(failure(admission, final=False))
-    await kit.record(failure(admission, settle_only=True))
+    await success(kit, admission, 0, kind="failure", final=False)
+    await success(kit, admission, 0, kind="failure", settle_only=True)
     usage = (await store.usage([KEY]))[0]
     assert (usage.committed, usage.reserved) == (0, 0)
     assert sample(registry, "costkit_requests_total", model="m", tier="none", outcome="failure", endpoint="chat") == 1
@@ -56,7 +42,7 @@ async def test_a_fallback_that_answers_commits_on_the_hold_it_kept() -> None:
     """Failed attempt, then the fallback's success: its cost is committed and the hold released in one step."""
     kit, store, _ = make_kit([BUDGET])
     admission = await kit.admit(ctx(), 10, messages=say("a"))
-    await kit.record(failure(admission, final=False))
+    await success(kit, admission, 0, kind="failure", final=False)
     await success(kit, replace(admission), 7_000)
     usage = (await store.usage([KEY]))[0]
     assert (usage.committed, usage.reserved) == (7_000, 0)

@@ -88,7 +88,7 @@ def say(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-async def success(kit: CostKit, admission: Admission, cost: int, kind: str = "success") -> None:
+async def success(kit: CostKit, admission: Admission, cost: int, kind: str = "success", **flags: bool) -> None:
     await kit.record(
         Outcome(
             kind=kind,  # type: ignore[arg-type]
@@ -97,6 +97,7 @@ async def success(kit: CostKit, admission: Admission, cost: int, kind: str = "su
             deployment_model=None,
             cost=Nano(cost),
             state=admission.state,
+            **flags,
         )
     )
 
