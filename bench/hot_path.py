@@ -14,7 +14,9 @@ over several rounds:
 The difference is the pack's cost per request, including LiteLLM's work for a registered
 callback. ``--profile`` adds a cProfile of the pack arm and prints the pack's top functions
 (``--profile-sort tottime`` for their own time, ``--profile-filter ''`` for LiteLLM's too; cProfile
-counts every resumption of a coroutine as a call, so an ``async def`` shows about two calls per request).
+counts every resumption of a coroutine as a call, so an ``async def`` shows about two calls per request;
+``--profile-dump FILE`` keeps the stats for ``pstats``' ``print_callees``). cProfile inflates deep
+call trees (LiteLLM's tokenizer reads several times its unprofiled cost): read its shares, not its times.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/hot_path.py --requests 2000 --rounds 3
 """
@@ -161,6 +163,8 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
         profiler.enable()
         await run_load(packed, args.requests, args.concurrency, offset)
         profiler.disable()
+        if args.profile_dump:
+            profiler.dump_stats(args.profile_dump)
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats(args.profile_sort).print_stats(args.profile_filter, 40)
@@ -198,6 +202,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--memory-arm", action="store_true", help="add the pack on the in-process store")
     parser.add_argument("--profile", action="store_true", help="cProfile one more pack run; print the pack's top")
+    parser.add_argument("--profile-dump", help="also write the cProfile stats to this file (for pstats or snakeviz)")
     parser.add_argument("--profile-sort", default="cumulative", help="pstats order: cumulative, tottime, ncalls...")
     parser.add_argument(
         "--profile-filter", default="costkit_litellm", help="only functions whose path matches ('' = everything)"
