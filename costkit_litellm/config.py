@@ -48,7 +48,9 @@ class PricingConfig(Section):
     """How costs are estimated before a call and read after it."""
 
     output_bound: Literal["model_max", "inject_default"] = "model_max"
-    """A request with no output cap (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``):
+    """A request with no output cap in a field its route honours (``max_tokens`` or
+    ``max_completion_tokens`` on chat, ``max_tokens`` on text completions and /v1/messages,
+    ``max_output_tokens`` on /v1/responses):
     ``model_max`` holds the model's own maximum output (16,384 tokens for gpt-4o-mini), leaving the
     request as it is; ``inject_default`` writes ``default_max_output_tokens`` into the request (the
     provider then stops there) and holds that. A model whose maximum is unknown is always injected."""

@@ -261,11 +261,12 @@ def _stops(stop: Any) -> tuple[str, ...]:
     return ()  # a number, a boolean or an object is not a stop sequence
 
 
-def sampling_params(data: Mapping[str, Any]) -> SamplingParams:
-    """The sampling parameters of an OpenAI-style request body (lenient: odd values are dropped, never raised)."""
+def sampling_params(data: Mapping[str, Any], output_caps: Sequence[str] = OUTPUT_CAPS) -> SamplingParams:
+    """The sampling parameters of an OpenAI-style request body (lenient: odd values are dropped, never raised);
+    ``output_caps``: the fields the route honours as an output cap (the others cap nothing)."""
     stops = _stops(data.get("stop"))
     tools = data.get("tools") or data.get("functions")
-    caps = [v for v in (_int(data.get(cap)) for cap in OUTPUT_CAPS) if v is not None and v > 0]
+    caps = [v for v in (_int(data.get(cap)) for cap in output_caps) if v is not None and v > 0]
     max_tokens = max(caps) if caps else None  # several caps: the provider may honour the largest
     return SamplingParams(
         temperature=_float(data.get("temperature")),
@@ -335,11 +336,13 @@ def from_request(
     limits: RequestConfig | None = None,
     metadata_key: MetadataKey = "metadata",
     endpoint: str = "chat",
+    output_caps: Sequence[str] = OUTPUT_CAPS,
 ) -> RequestContext:
     """Parse LiteLLM's pre-call request ``data``; raises ``BadRequestMetadata`` on bad metadata.
 
     ``metadata_key`` names the dict the proxy fills on this route; ``endpoint`` is the call type's
-    label (``chat``, ``responses``, ``embeddings``...), both from the adapter's table of call types.
+    label (``chat``, ``responses``, ``embeddings``...); ``output_caps`` the fields the route honours
+    as an output cap; all from the adapter's table of call types.
     """
     reader = _Reader(limits or RequestConfig(), strict=True)
     check_params(data)
@@ -377,7 +380,7 @@ def from_request(
         tags=tags,
         attributes=reader.attributes(tags, client),
         session_id=session,
-        params=sampling_params(data),
+        params=sampling_params(data, output_caps),
         no_cache=_no_cache(headers, client),
         endpoint=endpoint,
         request_params=MappingProxyType({k: v for k, v in data.items() if k != "messages"}),

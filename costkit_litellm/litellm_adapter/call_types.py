@@ -15,7 +15,10 @@ bounded set: it is a metric label and a report grouping). Vocabulary:
   documents), ``free`` (reads and management calls no provider bills: no hold), ``unbounded``
   (cannot be bounded before the call: ``budget_settings.unbounded_calls`` decides).
 - ``output_cap``: the request field that caps the output, where ``pricing.output_bound:
-  inject_default`` writes its default.
+  inject_default`` writes its default; ``output_caps``: every field the route honours as a cap
+  (chat takes ``max_tokens`` and ``max_completion_tokens``). A cap sent in a field the route does
+  not honour (``max_tokens`` on /v1/responses: LiteLLM drops it, the provider writes up to its
+  maximum) bounds nothing and is not read.
 - ``cacheable`` / ``routable``: the semantic cache and the tier router only see chat completions.
 
 An unknown call type is ``other``, bounded ``unbounded``: never silently unlimited.
@@ -50,6 +53,8 @@ class CallType:
     output_cap: str | None = None
     cacheable: bool = False
     routable: bool = False
+    output_caps: tuple[str, ...] = ()
+    """The request fields this route passes to the provider as an output cap."""
 
     @property
     def metadata_key(self) -> MetadataKey:
@@ -68,10 +73,35 @@ def _pair(*names: str) -> tuple[str, ...]:
 
 
 ROWS: tuple[CallType, ...] = (
-    CallType("chat", _pair("completion"), "/v1/chat/completions", "tokens", "max_tokens", True, True),
-    CallType("text_completion", _pair("text_completion"), "/v1/completions", "tokens", "max_tokens"),
-    CallType("responses", _pair("responses"), "/v1/responses", "tokens", "max_output_tokens"),
-    CallType("messages", _pair("anthropic_messages"), "/v1/messages", "tokens", "max_tokens"),
+    CallType(
+        "chat",
+        _pair("completion"),
+        "/v1/chat/completions",
+        "tokens",
+        "max_tokens",
+        True,
+        True,
+        output_caps=("max_completion_tokens", "max_tokens"),
+    ),
+    CallType(
+        "text_completion",
+        _pair("text_completion"),
+        "/v1/completions",
+        "tokens",
+        "max_tokens",
+        output_caps=("max_tokens",),
+    ),
+    CallType(
+        "responses",
+        _pair("responses"),
+        "/v1/responses",
+        "tokens",
+        "max_output_tokens",
+        output_caps=("max_output_tokens",),
+    ),
+    CallType(
+        "messages", _pair("anthropic_messages"), "/v1/messages", "tokens", "max_tokens", output_caps=("max_tokens",)
+    ),
     CallType("embeddings", _pair("embedding"), "/v1/embeddings", "embedding"),
     CallType("moderation", _pair("moderation"), "/v1/moderations", "embedding"),
     CallType("image_generation", _pair("image_generation"), "/v1/images/generations", "image"),

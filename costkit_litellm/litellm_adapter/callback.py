@@ -200,7 +200,7 @@ class CostKitCallback(CustomLogger):
         request_id = self.new_request_id()
         client_call_id = data.get("litellm_call_id")
         try:
-            context = from_request(data, self.kit.config.request, key, row.endpoint)
+            context = from_request(data, self.kit.config.request, key, row.endpoint, row.output_caps)
         except RequestRejected as exc:
             fallback = from_logging_payload(
                 {"litellm_call_id": client_call_id, "model_group": data.get("model")}, endpoint=row.endpoint

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _TEXT_FIELDS = ("prompt", "input", "instructions", "system", "tools", "functions", "response_format", "text")
 """Billable request fields besides ``messages`` (each counted once, as JSON when structured)."""
 _CHARS_PER_TOKEN = 4
+_FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 _TOKENS = TokenCounter()
 _RERANK_DOCS_PER_SEARCH = 100
 _RERANK_CHUNK_TOKENS = 500
@@ -164,7 +165,42 @@ def _embedding_tokens(model: str | None, data: Mapping[str, Any]) -> int:
 
 
 def _positive_int(value: Any, default: int = 1) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+    """A count (``n``, ``best_of``) as a lenient provider reads it: ``8``, ``8.0`` and ``"8"`` are 8 (a
+    fraction rounds up); anything else, or a count below 1, is ``default``."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return default
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return default
+        value = math.ceil(value)
+    return value if isinstance(value, int) and value > 0 else default
+
+
+def _prompts(data: Mapping[str, Any]) -> int:
+    """How many completions a legacy ``prompt`` asks for: one per prompt of a batch (a list of
+    strings or of token lists), else one (a string, or one prompt as a list of token ids)."""
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return len(prompt)
+    return 1
+
+
+def _request_fallbacks(data: Mapping[str, Any]) -> list[Any]:
+    """The request's own fallbacks of every kind the router honours (each replaces the router's
+    setting of its kind for this call)."""
+    found: list[Any] = []
+    for field in _FALLBACK_FIELDS:
+        value = data.get(field)
+        if isinstance(value, (list, tuple)):
+            found.extend(value)
+        elif value is not None:
+            found.append(value)
+    return found
 
 
 def _model_info(model: str) -> Mapping[str, Any]:
@@ -186,7 +222,7 @@ class Estimator:
         """The provider models a request for ``group`` can be served by (deployments of the group
         and of every fallback); the group name itself when the router knows none."""
         models: list[str] = []
-        for name in [group, *self.prices.fallbacks(group, data.get("fallbacks"))]:
+        for name in [group, *self.prices.fallbacks(group, _request_fallbacks(data))]:
             found = [str(p["model"]) for p in self.prices.deployments(name) if isinstance(p.get("model"), str)]
             models.extend(found or [name])
         return list(dict.fromkeys(models))
@@ -213,7 +249,9 @@ class Estimator:
             else _embedding_tokens(deployment or group, data)
         )
         params_n = max(_positive_int(data.get("n")), _positive_int(data.get("best_of")))
-        caps = [data.get(k) for k in ("max_completion_tokens", "max_output_tokens", "max_tokens")]
+        if row.endpoint == "text_completion":
+            params_n *= _prompts(data)  # a batch of prompts: n completions of each
+        caps = [data.get(k) for k in row.output_caps]  # a cap in a field the route drops bounds nothing
         valid = [c for c in caps if isinstance(c, int) and not isinstance(c, bool) and c > 0]
         tier = data.get("service_tier") if isinstance(data.get("service_tier"), str) else None
         return self.pricing.worst_case(
@@ -222,7 +260,7 @@ class Estimator:
             max(valid) if valid else None,
             params_n,
             deployment,
-            fallbacks=self.prices.fallbacks(group, data.get("fallbacks")),
+            fallbacks=self.prices.fallbacks(group, _request_fallbacks(data)),
             service_tier=tier,
             output=output,
         )

@@ -76,7 +76,8 @@ class LiteLLMPriceSource:
 
     def fallbacks(self, model: str, requested: Any = None) -> list[str]:
         """Every model group a request for ``model`` can end up on: the router's fallbacks (all
-        kinds, followed transitively, plus its default fallbacks) and the request's own ``fallbacks``."""
+        kinds, followed transitively, plus its default fallbacks) and the request's own (``requested``:
+        names, ``{"model": name}`` dicts, or the router's ``{group: [targets]}`` form, of any kind)."""
         router = self._router()
         graph: dict[str, list[str]] = {}
         defaults: list[str] = []
@@ -87,6 +88,10 @@ class LiteLLMPriceSource:
                         graph.setdefault(str(group), []).extend(_names(targets))
         if router is not None:
             defaults = _names(getattr(router, "default_fallbacks", None) or [])
+        for entry in requested if isinstance(requested, (list, tuple)) else []:
+            if isinstance(entry, Mapping) and not isinstance(entry.get("model"), str):
+                for group, targets in entry.items():  # the router's form, {group: [targets]}
+                    graph.setdefault(str(group), []).extend(_names(targets))
         found: dict[str, None] = {}
         pending = [*_names(requested), *graph.get(model, []), *graph.get("*", []), *defaults]
         while pending:

@@ -20,7 +20,7 @@ Per-request overrides (headers, e.g. set through a deployment's
 
 - ``x-fake-latency-ms``: latency of this request, in milliseconds.
 - ``x-fake-chunk-delay-ms``: pause between the chunks of a streamed chat answer (a slow stream).
-- ``x-fake-fail``: answer with this HTTP status (429 or 500) instead.
+- ``x-fake-fail``: answer with this HTTP status (429, 500, or 400: OpenAI's context-length error) instead.
 - ``x-fake-reply``: reply with this content.
 - ``x-fake-tool-call``: answer a request that offers tools with a call to its
   first tool with these JSON arguments (what a looping agent sees).
@@ -67,6 +67,13 @@ __all__ = ["FakeProvider", "RecordedRequest"]
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 
 _ERROR_BODIES: dict[int, dict[str, Any]] = {
+    400: {  # what LiteLLM maps to ContextWindowExceededError (context_window_fallbacks then apply)
+        "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+        "130000 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    },
     429: {
         "message": "Rate limit reached for requests (fake provider).",
         "type": "requests",

@@ -45,6 +45,9 @@ CASES = {
     "fallback": 1_100_000,  # gpt-4o: ~2 x 2,500 + 40 x 10,000 per answer
     "priority": 115_000,  # priority tier: ~2 x 250 + 40 x 1,000 per answer
     "injected": 500_000,  # 300 injected output tokens x 600 per answer
+    "dropped_cap": 25_000_000,  # max_tokens on /v1/responses caps nothing: 16,384 x 600 per answer
+    "dropped_cap_injected": 500_000,  # the same, with inject_default: 300 x 600 per answer
+    "context_fallback": 1_100_000,  # the request's own context_window_fallbacks to gpt-4o, as "fallback"
 }
 
 
@@ -72,6 +75,7 @@ def _config(provider: FakeProvider, redis_url: str, pricing: Mapping[str, Any]) 
         openai_deployment("mini", provider.base_url),
         openai_deployment("big", provider.base_url, model="openai/gpt-4o"),
         openai_deployment("flaky-mini", provider.base_url, extra_headers={"x-fake-fail": "429"}),
+        openai_deployment("short-mini", provider.base_url, extra_headers={"x-fake-fail": "400"}),
     ]
     config = base_config(models, num_retries=0)
     config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"flaky-mini": ["big"]}]}
@@ -185,3 +189,31 @@ class TestEstimatesBoundTheBill:
         _run(injecting_proxy, provider, "/v1/chat/completions", body, "injected")
         sent = [r.body.get("max_tokens") for r in provider.recorded() if r.status == 200]
         assert sent and set(sent) == {INJECTED}
+
+    def test_a_cap_the_route_drops_bounds_nothing(self, proxy: ProxyServer, provider: FakeProvider) -> None:
+        """max_tokens 1 on /v1/responses (LiteLLM drops it; the provider writes its whole maximum) is held at
+        the model's maximum output: the bill stays capped (it was held at 1 token and spent 20x the cap)."""
+        body = {"model": "mini", "input": "hi", "max_tokens": 1, "max_completion_tokens": 1}
+        _run(proxy, provider, "/v1/responses", body, "dropped_cap")
+        assert all(r.body.get("max_output_tokens") is None for r in provider.recorded() if r.status == 200)
+
+    def test_inject_default_writes_the_cap_a_route_honours(
+        self, injecting_proxy: ProxyServer, provider: FakeProvider
+    ) -> None:
+        """With inject_default, /v1/responses with only a dropped max_tokens gets max_output_tokens injected."""
+        body = {"model": "mini", "input": "hi", "max_tokens": 1}
+        _run(injecting_proxy, provider, "/v1/responses", body, "dropped_cap_injected")
+        sent = [r.body.get("max_output_tokens") for r in provider.recorded() if r.status == 200]
+        assert sent and set(sent) == {INJECTED}
+
+    def test_the_requests_own_context_window_fallbacks(self, proxy: ProxyServer, provider: FakeProvider) -> None:
+        """A request's own context_window_fallbacks to gpt-4o (its group always overflows) is held at gpt-4o's price."""
+        body = {
+            "model": "short-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40,
+            "context_window_fallbacks": [{"short-mini": ["big"]}],
+        }
+        _run(proxy, provider, "/v1/chat/completions", body, "context_fallback")
+        served = {r.body.get("model") for r in provider.recorded() if r.status == 200}
+        assert served == {"gpt-4o"}
