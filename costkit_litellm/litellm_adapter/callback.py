@@ -157,6 +157,20 @@ def _stash_of(params: Mapping[str, Any]) -> Any:
     return None
 
 
+def _refuse_fan_out(data: Mapping[str, Any], row: CallType) -> None:
+    """Refuse a chat request whose ``model`` lists several models (``"a,b"``): the proxy fans it out
+    into one call per model (``abatch_completion``, or the fastest of them), which one hold and one
+    outcome cannot bound or account for."""
+    model = data.get("model")
+    if row.endpoint == CHAT.endpoint and isinstance(model, str) and "," in model:
+        raise RequestRejected(
+            f"model {model[:200]!r} lists several models: the proxy would call each of them, which costkit "
+            "cannot hold or account for as one request. Send one request per model.",
+            status=400,
+            error_type="model_fan_out_unsupported",
+        )
+
+
 class CostKitCallback(CustomLogger):
     """Runs the costkit pipeline inside LiteLLM (proxy hooks and logging callbacks)."""
 
@@ -200,6 +214,7 @@ class CostKitCallback(CustomLogger):
         request_id = self.new_request_id()
         client_call_id = data.get("litellm_call_id")
         try:
+            _refuse_fan_out(data, row)
             context = from_request(data, self.kit.config.request, key, row.endpoint, row.output_caps)
         except RequestRejected as exc:
             fallback = from_logging_payload(

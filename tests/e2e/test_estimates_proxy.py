@@ -217,3 +217,17 @@ class TestEstimatesBoundTheBill:
         _run(proxy, provider, "/v1/chat/completions", body, "context_fallback")
         served = {r.body.get("model") for r in provider.recorded() if r.status == 200}
         assert served == {"gpt-4o"}
+
+
+def test_a_model_list_that_fans_out_is_refused_before_any_call(proxy: ProxyServer, provider: FakeProvider) -> None:
+    """`model: "mini,mini"` (the proxy would call each listed model on one hold) gets a 400 that says why, and
+    no provider call; the same request for one model is served."""
+    provider.reset()
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "metadata": {"feature": "unbudgeted"}}
+    with httpx.Client(base_url=proxy.base_url, headers=proxy.auth_headers, timeout=60) as client:
+        for model in ("mini,mini", "mini, big", "big,mini"):
+            refused = client.post("/v1/chat/completions", json={**body, "model": model})
+            assert refused.status_code == 400, refused.text
+            assert "model_fan_out_unsupported" in refused.text and "one request per model" in refused.text
+        assert provider.recorded() == []
+        assert client.post("/v1/chat/completions", json={**body, "model": "mini"}).status_code == 200
