@@ -34,9 +34,11 @@ class CacheConfig(Section):
     scope: Literal["global", "team", "api_key", "user", "end_user"] = "api_key"
     """Whose entries a request may be served from. ``api_key`` (default): each virtual key has its
     own cache: always known on the proxy, and never wider than a team (a key belongs to one team).
-    ``team`` shares across a team's keys, ``user`` / ``end_user`` narrow to one user (the key's
-    user or ``metadata.user_id``; OpenAI's ``user`` field), ``global`` shares with everyone. A
-    request without a value for the scope (e.g. no team) is never cached (``skip``)."""
+    ``team`` shares across a team's keys, ``user`` / ``end_user`` narrow a key's cache to one user
+    (the key's user or ``metadata.user_id``; OpenAI's ``user`` field): a client names these itself,
+    so they never reach past its own key (naming another key's user reads and writes nothing of
+    theirs); ``global`` shares with everyone. A request without a value for the scope (e.g. no
+    team) is never cached (``skip``)."""
     ttl_s: Annotated[int, Field(ge=1)] = 86_400
     """Lifetime of an entry in seconds, from when it was stored (not refreshed by hits)."""
     max_entries: Annotated[int, Field(ge=1)] = 100_000

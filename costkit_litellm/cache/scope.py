@@ -106,6 +106,10 @@ def _digest(*parts: str) -> str:
     return hasher.hexdigest()
 
 
+_CLIENT_NAMED = frozenset({"user", "end_user"})
+"""Cache scopes whose value a client may assert (metadata.user_id, OpenAI's ``user``)."""
+
+
 def tenant_tag(scope: str, value: str) -> str:
     """The tenant of an entry: ``scope`` (``team``...) and its value, hashed (``costkit cache clear --scope``)."""
     return _digest("tenant", scope, value)[:32]
@@ -232,7 +236,11 @@ def decide(
         "tool_choice": params.tool_choice if params.tools is not None else None,
         "params": raw,
     }
-    scope = _digest("scope", KEY_VERSION, tenant, model, embedder, _canonical(sampling), context_hash(messages, index))
+    # user and end_user are the client's word: their entries stay within the key that wrote them
+    owner = (context.api_key_hash or "",) if config.scope in _CLIENT_NAMED else ()
+    scope = _digest(
+        "scope", KEY_VERSION, tenant, *owner, model, embedder, _canonical(sampling), context_hash(messages, index)
+    )
     text = text.strip()
     return Decision(
         keys=CacheKeys(scope=scope, tenant=tenant, entry_id=_digest("entry", scope, text), text=text, model=model)

@@ -264,6 +264,33 @@ class TestScopes:
         b = decide(context, body["messages"], "mini", CacheConfig(enabled=True), "text-embedding-3-small").keys
         assert a is not None and b is not None and a.scope != b.scope
 
+    @pytest.mark.parametrize("scope", ["user", "end_user"])
+    def test_a_user_a_client_names_stays_within_its_key(self, scope: str) -> None:
+        """Under the client-named scopes user and end_user, another key naming the same user gets another scope
+        (it can neither read nor write the first key's entries); the same key keeps one scope for that user."""
+        config = CacheConfig(enabled=True, scope=scope)  # type: ignore[arg-type]
+        named = {"user": "alice", "metadata": {"user_api_key_hash": "key-1", "user_id": "alice"}}
+        other = {"user": "alice", "metadata": {"user_api_key_hash": "key-2", "user_id": "alice"}}
+        mine, again, theirs = (
+            keys(request(**named), config),
+            keys(request(**named), config),
+            keys(request(**other), config),
+        )
+        assert mine.scope == again.scope and mine.scope != theirs.scope
+        assert mine.tenant == theirs.tenant  # `costkit cache clear --scope user:alice` still clears both
+
+    @pytest.mark.parametrize(
+        ("scope", "digest"),
+        [
+            ("api_key", "6319a0d4caf611bd1c0ce28d7bbddbcdfeff18c58daf6806b05bcf3e266b166a"),
+            ("team", "554ed6bd5e261a2b52fded14b47153cb215300a27e1eadd5324b0f8454afd9e2"),
+            ("global", "ce3983c250131590c33c32160f94c70a192511827baebf76895b1d26b67262bb"),
+        ],
+    )
+    def test_scopes_the_key_decides_keep_their_keys(self, scope: str, digest: str) -> None:
+        """The scopes a client cannot name keep the keys they had before (no cold cache on upgrade): pinned digests."""
+        assert keys(request(), CacheConfig(enabled=True, scope=scope)).scope == digest  # type: ignore[arg-type]
+
 
 class TestTenantSpecs:
     def test_cli_scope_spec_names_the_same_tenant(self) -> None:
