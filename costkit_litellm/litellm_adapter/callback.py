@@ -376,7 +376,7 @@ class CostKitCallback(CustomLogger):
     ) -> AsyncGenerator[Any, None]:
         """Proxy hook over a stream's chunks: renew the request's leases while it streams (at most
         every ``lease_s / 3``), so a live stream's hold never expires into spent money early."""
-        request_id = _request_id(request_metadata(request_data))
+        request_id = _request_id(request_metadata(request_data, metadata_key(request_data, CHAT)))
         async for chunk in response:
             entry = self.inflight.live(request_id)
             if entry is not None and isinstance(request_id, str) and self.kit.config.enabled:
