@@ -37,9 +37,11 @@ class ModelPricing(Section):
     """Price of one model, overriding LiteLLM's price map (e.g. a self-hosted or negotiated model)."""
 
     input_usd_per_million_tokens: NonNegativeUsd | None = None
-    """Dollars per million prompt tokens; unset keeps LiteLLM's price."""
+    """Dollars per million prompt tokens (cached ones included), for the hold and the actual cost;
+    unset keeps LiteLLM's price."""
     output_usd_per_million_tokens: NonNegativeUsd | None = None
-    """Dollars per million completion tokens; unset keeps LiteLLM's price."""
+    """Dollars per million completion tokens (reasoning and audio ones included), for the hold and
+    the actual cost; unset keeps LiteLLM's price."""
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     """The model's longest possible answer in tokens; used for worst-case estimates."""
 

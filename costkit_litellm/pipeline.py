@@ -98,7 +98,8 @@ class Outcome:
     """The model group that served (or failed) the request."""
     deployment_model: str | None
     cost: Nano | None
-    """Actual cost from LiteLLM's ``response_cost``; None when it could not be computed."""
+    """Actual cost: the usage at the ``pricing.models`` price when the config prices the model (its
+    hold when the usage is missing), else LiteLLM's ``response_cost``; None when it could not be computed."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0

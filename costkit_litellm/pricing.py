@@ -146,10 +146,51 @@ class Pricing:
         base = self._source.price(model) if self._source else None
         if base is None and deployment_model and self._source:
             base = self._source.price(deployment_model)
-        override = self._overrides.get(model) or (self._overrides.get(deployment_model) if deployment_model else None)
+        override = self._override(model, deployment_model)
         if override is None:
             return base
         return _apply(override, base)
+
+    def _override(self, model: str, deployment_model: str | None) -> ModelPricing | None:
+        """The config override of a group, else of its deployment's model (the group's wins)."""
+        return self._overrides.get(model) or (self._overrides.get(deployment_model) if deployment_model else None)
+
+    def configured_price(self, model: str, deployment_model: str | None = None) -> ModelPrice | None:
+        """The price of a call when ``pricing.models`` sets a token price for ``model`` (a group) or
+        ``deployment_model`` (the same lookup as ``price``, so the hold and the commit agree); None
+        when no override sets one (an override of ``max_output_tokens`` alone), or when the
+        override sets half a price of a model LiteLLM does not know: LiteLLM's cost stands."""
+        override = self._override(model, deployment_model)
+        if override is None or (
+            override.input_usd_per_million_tokens is None and override.output_usd_per_million_tokens is None
+        ):
+            return None
+        return self.price(model, deployment_model)
+
+    def actual_cost(
+        self,
+        model: str,
+        deployment_model: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        hold: Nano | None = None,
+    ) -> Nano | None:
+        """What a finished call cost at its configured price (``configured_price``); None when the
+        config does not price it (LiteLLM's ``response_cost`` stands).
+
+        Every prompt token (cached ones and cache writes included) is charged at the input price and
+        every completion token (reasoning and audio ones included) at the output price: the override
+        knows no other price, and it is the price both ways (a negotiated price below LiteLLM's is
+        committed as it is). A call that reports no tokens at all (its usage is missing) costs
+        ``hold``, its worst case, counted as spent; never $0."""
+        price = self.configured_price(model, deployment_model)
+        if price is None:
+            return None
+        prompt, completion = max(0, prompt_tokens), max(0, completion_tokens)
+        if prompt + completion == 0:
+            return hold
+        return price.cost(prompt, completion)
 
     def worst_case(
         self,
@@ -192,6 +233,11 @@ class Pricing:
         assert best is not None
         amount = Nano(-(-best[0] // _PER_MILLION) + max(0, fixed))
         return CostEstimate(amount, prompt_tokens, max_out, best[1], inject)
+
+    @property
+    def configures_prices(self) -> bool:
+        """True when ``pricing.models`` overrides any model (a finished call may then be priced here)."""
+        return bool(self._overrides)
 
     @property
     def transcription_bytes_per_second(self) -> int:

@@ -14,19 +14,20 @@ from dataclasses import replace
 from typing import Any, cast
 
 import litellm
-from litellm import ModelResponse
+from litellm import EmbeddingResponse, ModelResponse, TextCompletionResponse
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
+from litellm.types.llms.openai import ResponsesAPIResponse
 
 from costkit_litellm.context import MetadataKey, RequestContext, from_logging_payload, from_request, request_metadata
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.failsafe import InternalError, failed_at
-from costkit_litellm.inflight import Admitted, InFlight
+from costkit_litellm.inflight import Admitted, InFlight, Settled
 from costkit_litellm.kit import HEADER_COST, CostKit
 from costkit_litellm.litellm_adapter.call_types import CHAT, CallType, metadata_key
 from costkit_litellm.litellm_adapter.call_types import call_type as _call_type
 from costkit_litellm.litellm_adapter.cascade import Cascade
-from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost
+from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost, usage_tokens
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.estimates import Estimator, conversation
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter
@@ -47,6 +48,10 @@ SHUTTING_DOWN = RequestRejected(
 """Request metadata key carrying the pack's request id (``{"id": ...}``) to the logging callbacks."""
 INFLIGHT_MARGIN_S = 60.0
 """How long past the lease the server-side state of a request with no outcome is kept."""
+_TOKEN_BOUNDS = frozenset({"tokens", "embedding"})
+"""Call types whose worst case ``pricing.models`` prices (per token): their actual cost does too."""
+_TOKEN_RESPONSES = (ModelResponse, TextCompletionResponse, EmbeddingResponse, ResponsesAPIResponse, Mapping)
+"""Responses of those calls (Anthropic's ``/v1/messages`` answers a dict)."""
 
 
 _ID_PREFIXES: set[str] = set()
@@ -348,10 +353,42 @@ class CostKitCallback(CustomLogger):
         elif hasattr(response, "__aiter__") or data.get("stream") is True:
             pass  # a stream's headers leave before its cost is known: no cost header (the max-cost one stays)
         else:
-            cost = response_cost(response)
+            cost = self._configured_response_cost(data, response, entry)
+            if cost is None:
+                cost = response_cost(response)
             if cost is not None:
                 headers[HEADER_COST] = format_usd(cost)
         return headers
+
+    def configured_cost(
+        self, group: str, model_id: object, prompt_tokens: int, completion_tokens: int, hold: Nano | None
+    ) -> Nano | None:
+        """A finished call's cost at the price ``pricing.models`` sets for the group or provider model
+        that served it (``model_id``: the router's deployment), from its usage; the hold when it
+        reports no usage. None when the config does not price it: LiteLLM's ``response_cost`` stands."""
+        pricing = self.kit.pricing
+        if not pricing.configures_prices:
+            return None
+        served, deployment = self.prices.served_by(group, model_id)
+        return pricing.actual_cost(served, deployment, prompt_tokens, completion_tokens, hold=hold)
+
+    def _configured_response_cost(
+        self, data: Mapping[str, Any], response: Any, entry: Admitted | Settled
+    ) -> Nano | None:
+        """``configured_cost`` of a non-streaming answer, for its cost header (a policy's own answer,
+        settled before the call with no usage, and a hit of LiteLLM's cache keep LiteLLM's figure)."""
+        if not self.kit.pricing.configures_prices or not isinstance(response, _TOKEN_RESPONSES):
+            return None
+        hidden = getattr(response, "_hidden_params", None)
+        hidden = hidden if isinstance(hidden, Mapping) else {}
+        if hidden.get("cache_hit"):
+            return None
+        group = data.get("model")
+        if not isinstance(group, str) or not group:
+            return None
+        hold = entry.admission.estimate.amount if isinstance(entry, Admitted) and entry.recorded is None else None
+        prompt, completion = usage_tokens(response)
+        return self.configured_cost(group, hidden.get("model_id"), prompt, completion, hold)
 
     async def async_post_call_response_headers_hook(
         self,
@@ -417,6 +454,14 @@ class CostKitCallback(CustomLogger):
         cost = cost_nano(payload.get("response_cost"))
         if kind == "failure" and cost is None:
             cost = Nano(0)
+        model = str(payload.get("model_group") or context.model or payload.get("model") or "")
+        prompt_tokens = int(payload.get("prompt_tokens") or 0)
+        completion_tokens = int(payload.get("completion_tokens") or 0)
+        if kind == "success" and row.bound in _TOKEN_BOUNDS and not payload.get("cache_hit"):
+            hold = admission.estimate.amount if admission is not None else None
+            configured = self.configured_cost(model, payload.get("model_id"), prompt_tokens, completion_tokens, hold)
+            if configured is not None:
+                cost = configured
         latency = None
         try:
             latency = (end_time - start_time).total_seconds()
@@ -425,11 +470,11 @@ class CostKitCallback(CustomLogger):
         return Outcome(
             kind="success" if kind == "success" else "failure",
             context=context,
-            model=str(payload.get("model_group") or context.model or payload.get("model") or ""),
+            model=model,
             deployment_model=str(payload.get("model") or "") or None,
             cost=cost,
-            prompt_tokens=int(payload.get("prompt_tokens") or 0),
-            completion_tokens=int(payload.get("completion_tokens") or 0),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             cached_tokens=_detail(payload, "prompt_tokens_details", "cached_tokens"),
             reasoning_tokens=_detail(payload, "completion_tokens_details", "reasoning_tokens"),
             estimate=Nano(admission.estimate.amount)

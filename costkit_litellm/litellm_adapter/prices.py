@@ -110,6 +110,23 @@ class LiteLLMPriceSource:
                 return name
         return None
 
+    def served_by(self, group: str, model_id: object = None) -> tuple[str, str | None]:
+        """The model group and provider model that served a call: the router's deployment
+        ``model_id`` (LiteLLM's ``model_id`` in the logging payload or the response's hidden
+        params) when it knows it, else ``group`` and its first deployment's model (what the
+        estimate priced)."""
+        router = self._router()
+        if router is not None and isinstance(model_id, str) and model_id:
+            try:
+                deployment = router.get_deployment(model_id=model_id)
+            except Exception:
+                deployment = None
+            name = getattr(deployment, "model_name", None)
+            model = getattr(getattr(deployment, "litellm_params", None), "model", None)
+            if isinstance(name, str) and name and isinstance(model, str) and model:
+                return name, model
+        return group, self.deployment_model(group)
+
     def price(self, model: str) -> ModelPrice | None:
         """Worst-case price of a group or a model name; None when LiteLLM does not know it."""
         if model in self._cache:
