@@ -15,6 +15,12 @@ thresholds, which the budgets stage increments in the same script as its reserva
 trip before the call). They are counted first and whatever happens next; the step limit is checked
 before the repeated request, and a trip holds nothing. If the store does not answer, fail_closed
 refuses with the breaker's 503 and fail_open skips the counters and the session's spend cap.
+
+Every key is scoped by the caller as well as the session id (``session_key``): the id is the
+client's choice, so two tenants sending the same id must never share a counter, a fingerprint or a
+spend cap. The caller is the authenticated API key's hash; without one (the Router in application
+code, a custom auth without keys) the key's team and user, else the client's declared user, else
+``anonymous``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from urllib.parse import quote
 
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.config import BreakerConfig
+from costkit_litellm.context import RequestContext
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd_short, usd_to_nano
 from costkit_litellm.pipeline import Admission, CounterChecks, Outcome
@@ -101,6 +108,35 @@ def request_fingerprint(model: str, messages: Sequence[Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def _escaped(value: str) -> str:
+    """A value as a key part: ``:``, ``=``, ``,``, braces and spaces escaped (as the budget keys)."""
+    return quote(value, safe="@._-")
+
+
+def caller_scope(context: RequestContext) -> str:
+    """Who owns the request's session counters: the API key hash when there is one.
+
+    Without a key: the key's team and user (authenticated by a custom auth), else the user the
+    client declared (``metadata.user_id``: only where nothing authenticates, as with a Router in
+    application code), else ``anonymous``. Every form is distinct (values are escaped, so a
+    ``key=...`` never equals a ``team=...``) and stable for one caller.
+    """
+    if context.api_key_hash:
+        return f"key={_escaped(context.api_key_hash)}"
+    named = (("team", context.team_id), ("user", context.key_user_id))
+    authenticated = [f"{name}={_escaped(value)}" for name, value in named if value]
+    if authenticated:
+        return ",".join(authenticated)
+    if context.user_id:
+        return f"client_user={_escaped(context.user_id)}"
+    return "anonymous"
+
+
+def session_key(context: RequestContext, session: str) -> str:
+    """The prefix of every breaker key of this caller's session: ``session:<caller>:<session id>``."""
+    return f"session:{caller_scope(context)}:{_escaped(session)}"
+
+
 def _unavailable() -> RequestRejected:
     """fail_closed: a request with a session is refused while the store cannot count it."""
     return RequestRejected(
@@ -135,7 +171,7 @@ class BreakerStage:
         session = admission.context.session_id
         if not self.config.enabled or not session:
             return
-        base = f"session:{quote(session, safe='@._-')}"
+        base = session_key(admission.context, session)
         call, repeats = most_repeated_tool_call(admission.messages)
         if call is not None and repeats >= self.config.loop_threshold:
             name, arguments = call

@@ -127,7 +127,7 @@ class BudgetSettings(Section):
 
 
 class BreakerConfig(Section):
-    """The agent circuit breaker, per session id."""
+    """The agent circuit breaker, per caller (API key) and session id."""
 
     enabled: bool = False
     """Trip sessions that loop, take too many steps or spend too much."""

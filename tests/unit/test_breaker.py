@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from costkit_litellm.budgets.breaker import most_repeated_tool_call, request_fingerprint
+from costkit_litellm.budgets.breaker import caller_scope, most_repeated_tool_call, request_fingerprint, session_key
 from costkit_litellm.config import parse_config
 from costkit_litellm.context import RequestContext, SamplingParams
 from costkit_litellm.errors import RequestAnswered, RequestRejected
@@ -45,10 +46,14 @@ def make_kit(**breaker: Any) -> tuple[CostKit, Clock, CollectorRegistry]:
 _ids = iter(range(10**9))
 
 
-def ctx(session: str | None = "s1") -> RequestContext:
+def ctx(session: str | None = "s1", **identity: str) -> RequestContext:
     return RequestContext(
-        call_id=f"c{next(_ids)}", model="m", session_id=session, params=SamplingParams(max_tokens=100)
+        call_id=f"c{next(_ids)}", model="m", session_id=session, params=SamplingParams(max_tokens=100), **identity
     )
+
+
+ALICE = {"api_key_hash": "hash-alice", "user_id": "alice", "key_user_id": "alice", "team_id": "team-a"}
+BOB = {"api_key_hash": "hash-bob", "user_id": "bob", "key_user_id": "bob", "team_id": "team-b"}
 
 
 def search(query: str, n: int) -> dict[str, Any]:
@@ -172,7 +177,90 @@ class TestLimits:
         kit, _, _ = make_kit(max_spend_usd="1")
         admission: Admission = await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "a"}])
         [limit] = admission.state["budgets"]["limits"]
-        assert limit["key"] == "session:s1:spend"
+        assert limit["key"] == "session:anonymous:s1:spend"
+
+
+class TestCallerScope:
+    def test_the_api_key_hash_scopes_the_session_keys_escaped(self) -> None:
+        """With an API key, every breaker key is session:key=<hash>:<session>, both parts escaped."""
+        assert session_key(ctx(**ALICE), "s1") == "session:key=hash-alice:s1"
+        assert session_key(ctx(api_key_hash="a:b c"), "x:y{z}") == "session:key=a%3Ab%20c:x%3Ay%7Bz%7D"
+
+    @pytest.mark.parametrize(
+        ("identity", "scope"),
+        [
+            ({"team_id": "t", "key_user_id": "u", "user_id": "claimed"}, "team=t,user=u"),
+            ({"team_id": "t", "user_id": "claimed"}, "team=t"),
+            ({"key_user_id": "u", "user_id": "claimed"}, "user=u"),
+            ({"user_id": "u"}, "client_user=u"),
+            ({}, "anonymous"),
+        ],
+    )
+    def test_without_a_key_the_authenticated_team_and_user_then_the_declared_user(
+        self, identity: dict[str, str], scope: str
+    ) -> None:
+        """No key: the key's team and user (not the client's claim), else the declared user, else anonymous."""
+        assert caller_scope(ctx(**identity)) == scope
+
+    def test_no_two_callers_forms_collide(self) -> None:
+        """Values that look like another form's separators are escaped, so distinct callers get distinct scopes."""
+        callers = [
+            {"api_key_hash": "team=t"},
+            {"team_id": "t"},
+            {"team_id": "t,user=u"},
+            {"team_id": "t", "key_user_id": "u"},
+            {"key_user_id": "u"},
+            {"user_id": "u"},
+            {"user_id": "anonymous"},
+            {"api_key_hash": "anonymous"},
+            {},
+        ]
+        scopes = [caller_scope(ctx(**identity)) for identity in callers]
+        assert len(set(scopes)) == len(scopes) and all(":" not in scope for scope in scopes)
+
+    async def test_another_key_on_the_same_session_id_never_shares_the_steps(self) -> None:
+        """Bob's calls on Alice's session id count under his key: her first call is admitted, her own still count."""
+        kit, _, _ = make_kit(max_steps=2)
+        for i in range(5):
+            with contextlib.suppress(RequestRejected):
+                await kit.admit(ctx(**BOB), 10, messages=[{"role": "user", "content": f"bob {i}"}])
+        for i in range(2):
+            await kit.admit(ctx(**ALICE), 10, messages=[{"role": "user", "content": f"alice {i}"}])
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(ctx(**ALICE), 10, messages=[{"role": "user", "content": "alice 2"}])
+        assert info.value.error_type == "agent_step_limit"
+
+    async def test_another_key_resending_the_same_request_never_trips_the_loop(self) -> None:
+        """Bob sending Alice's predictable prompt on her session id leaves her fingerprint count at zero."""
+        kit, _, _ = make_kit(loop_threshold=2)
+        prompt = [{"role": "user", "content": "plan the trip"}]
+        await kit.admit(ctx(**BOB), 10, messages=prompt)
+        with pytest.raises(RequestRejected):
+            await kit.admit(ctx(**BOB), 10, messages=prompt)
+        await kit.admit(ctx(**ALICE), 10, messages=prompt)
+        with pytest.raises(RequestRejected) as info:
+            await kit.admit(ctx(**ALICE), 10, messages=prompt)
+        assert info.value.error_type == "agent_loop_detected"
+
+    async def test_another_keys_spend_is_never_held_against_the_session_cap(self) -> None:
+        """Bob's spend on Alice's session id is on Bob's session cap; Alice's first call is admitted."""
+        kit, _, _ = make_kit(max_spend_usd="0.0003", loop_threshold=100)
+        first = await kit.admit(ctx(**BOB), 100, messages=[{"role": "user", "content": "a"}])
+        await kit.record(
+            Outcome(
+                kind="success",
+                context=first.context,
+                model="m",
+                deployment_model=None,
+                cost=Nano(300_000),
+                state=first.state,
+            )
+        )
+        with pytest.raises(RequestRejected, match="spent"):
+            await kit.admit(ctx(**BOB), 100, messages=[{"role": "user", "content": "b"}])
+        admission = await kit.admit(ctx(**ALICE), 100, messages=[{"role": "user", "content": "b"}])
+        [limit] = admission.state["budgets"]["limits"]
+        assert limit["key"] == "session:key=hash-alice:s1:spend"
 
 
 class TestMalformedConversations:

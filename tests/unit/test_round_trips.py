@@ -76,6 +76,8 @@ def make_kit(
 
 
 _ids = iter(range(10**9))
+SESSION = "session:client_user=u:s1"
+"""The breaker's keys of session s1 for ``ctx()``: no API key, so scoped by the declared user."""
 
 
 def ctx(session: str | None = "s1", model: str = "m") -> RequestContext:
@@ -129,14 +131,14 @@ class TestRoundTrips:
         store.take()
         admission = await kit.admit(ctx(), 10, messages=say("a"))
         assert store.take() == ["reserve"]
-        assert [x["key"] for x in admission.state["budgets"]["limits"]] == [KEY, "session:s1:spend"]
+        assert [x["key"] for x in admission.state["budgets"]["limits"]] == [KEY, f"{SESSION}:spend"]
         await success(kit, admission, 7_000)
         assert store.take() == ["commit_and_release"]
         await success(kit, await kit.admit(ctx(), 10, messages=say("b")), 0, kind="failure")
         assert store.take() == ["reserve", "commit_and_release"]
-        [budget, session] = await store.usage([KEY, "session:s1:spend"])
+        [budget, session] = await store.usage([KEY, f"{SESSION}:spend"])
         assert (budget.committed, budget.reserved, session.committed) == (12_000, 0, 12_000)
-        assert await store.get("session:s1:steps") == 3
+        assert await store.get(f"{SESSION}:steps") == 3
 
     async def test_the_breaker_alone_is_one_count(self) -> None:
         """Without budgets or a spend cap the session counters are one count call, and nothing after."""
@@ -164,7 +166,7 @@ class TestRoundTrips:
         assert sample(registry, "costkit_circuit_breaks_total", reason="agent_step_limit") == 1
         [budget] = await store.usage([KEY])
         assert budget.reserved == 2 * 20_000
-        assert await store.get("session:s1:steps") == 3
+        assert await store.get(f"{SESSION}:steps") == 3
 
 
 class TestLaterStages:
@@ -181,7 +183,7 @@ class TestLaterStages:
         kit.add_stage(Answering(error), before="budgets")
         with pytest.raises(type(error)):
             await kit.admit(ctx(), 10, messages=say("a"))
-        assert store.take()[-1:] == ["count"] and await store.get("session:s1:steps") == 1
+        assert store.take()[-1:] == ["count"] and await store.get(f"{SESSION}:steps") == 1
         with pytest.raises(RequestRejected) as info:
             await kit.admit(ctx(), 10, messages=say("b"))
         assert info.value.error_type == "agent_step_limit" and store.take() == ["count"]
