@@ -31,6 +31,9 @@ SECTION = "costkit"
 _ENV_REF = re.compile(r"^os\.environ/(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.S)
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = frozenset({"model", "tier", "le", "quantile", "outcome", "source", "direction", "endpoint"})
+_IDENTITY_NOT_LABELS = frozenset(
+    {"user", "user_id", "end_user", "api_key", "api_key_hash", "api_key_alias", "key", "session", "session_id"}
+)
 
 
 class ModelPricing(Section):
@@ -97,11 +100,18 @@ class MetricsConfig(Section):
     enabled: bool = True
     """Count spend in Prometheus."""
     tag_labels: tuple[str, ...] = ()
-    """Attribute keys that become labels (e.g. ``feature``, ``team``). Only these: raw API keys
-    and free-form tags never become labels."""
+    """Keys that become labels (e.g. ``feature``, ``team``). ``team`` is the authenticated key's
+    team (never ``metadata.team``); any other key is a request attribute (``feature:x`` tag or
+    metadata key). Only these: raw API keys, users and free-form tags never become labels."""
     max_label_values: Annotated[int, Field(ge=1)] = 50
-    """Distinct values kept per label in one process; later values are counted as ``other``, so
-    totals stay exact and cardinality bounded."""
+    """Distinct values kept per tag label in one process, first come; later values are counted as
+    ``other``, so totals stay exact and cardinality bounded. Not used for a label in ``tag_values``."""
+    max_label_values_per_tenant: Annotated[int, Field(ge=1)] = 10
+    """Of those, how many one tenant (the key's team, else the key) may introduce, so a client
+    flooding invented values takes at most this many slots from the others."""
+    tag_values: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Declared values per tag label (``{feature: [email_writer, summarizer]}``): only these are
+    label values, everything else is ``other`` (no first-come slots a client could take)."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Serve metrics on this port from the pack itself. Unset: metrics live in the default
     registry, which LiteLLM serves at ``/metrics`` when its ``prometheus`` callback is on."""
@@ -114,9 +124,23 @@ class MetricsConfig(Section):
                 raise ValueError(f"{name!r} is not a valid Prometheus label name")
             if name in _RESERVED_LABELS:
                 raise ValueError(f"{name!r} is a label the pack already uses")
+            if name in _IDENTITY_NOT_LABELS:
+                raise ValueError(
+                    f"{name!r} cannot be a label (one series per {name}; a client could assert any value): "
+                    "use team (the key's team), or costkit report --by user"
+                )
         if len(set(value)) != len(value):
             raise ValueError("lists a label twice")
         return value
+
+    @model_validator(mode="after")
+    def _declared_values(self) -> MetricsConfig:
+        for name in self.tag_values:
+            if name not in self.tag_labels:
+                raise ValueError(f"tag_values.{name}: {name!r} is not in tag_labels")
+            if name == "team":
+                raise ValueError("tag_values.team: team comes from the authenticated key; it takes no declared values")
+        return self
 
 
 class HeadersConfig(Section):
@@ -218,6 +242,16 @@ class CostKitConfig(Section):
     def cache_url(self) -> str | None:
         """The Redis the semantic cache uses: ``cache.redis_url``, else ``redis_url``."""
         return self.cache.redis_url or self.redis_url
+
+    def model_names(self) -> frozenset[str]:
+        """The model names this section itself names (the virtual model, tiers, downgrade targets,
+        price overrides): always allowed as ``model`` label values."""
+        names = set(self.pricing.models)
+        if self.routing.enabled:
+            names.add(self.routing.virtual_model)
+            names.update(tier.model for tier in self.routing.tiers)
+        names.update(b.downgrade_to for b in self.budgets if b.downgrade_to)
+        return frozenset(names)
 
 
 def _path(loc: tuple[Any, ...], raw: Any = None) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from costkit_litellm.accounting.labels import ModelCatalog, ModelLabels, PricedModels
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.accounting.recorder import AccountingStage
 from costkit_litellm.accounting.webhook import WebhookForwarder
@@ -112,16 +113,22 @@ class CostKit:
         )
         self.pricing = Pricing(self.config.pricing, price_source)
         settings = self.config.budget_settings
+        metrics_config = self.config.metrics
         self.metrics = (
             CostKitMetrics.for_registry(
-                self.config.metrics.tag_labels,
-                self.config.metrics.max_label_values,
+                metrics_config.tag_labels,
+                metrics_config.max_label_values,
                 registry,
                 settings.max_remaining_series,
+                max_label_values_per_tenant=metrics_config.max_label_values_per_tenant,
+                tag_values=metrics_config.tag_values,
+                models=ModelLabels(self.config.model_names()),
             )
-            if self.config.metrics.enabled
+            if metrics_config.enabled
             else None
         )
+        if price_source is not None:  # outside LiteLLM: a priced model is a configured one
+            self.set_model_catalog(PricedModels(lambda model: self.pricing.price(model) is not None))
         self.stages: list[Stage] = []
         if self.config.breaker.enabled:
             self.stages.append(
@@ -204,6 +211,12 @@ class CostKit:
     def set_price_source(self, source: PriceSource) -> None:
         """Plug in the gateway's price knowledge (the adapter does this)."""
         self.pricing = Pricing(self.config.pricing, source)
+
+    def set_model_catalog(self, catalog: ModelCatalog) -> None:
+        """Plug in the gateway's model list: the ``model`` label takes only names it resolves (or the
+        config names), everything else is ``other`` (the adapter plugs in the router's)."""
+        if self.metrics is not None:
+            self.metrics.models.set_catalog(catalog)
 
     def add_stage(self, stage: Stage, before: str | None = None) -> None:
         """Insert a stage, before the named one or at the end."""

@@ -59,6 +59,12 @@ _FIELD_VALUES = attrgetter(*_FIELDS)
 _INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"}
 _OPTIONAL_INTS = {"cost_nano", "estimate_nano", "saved_nano"}
 ATTRIBUTE_PREFIX = "costkit.attr."
+MAX_NAME_LENGTH = 256
+"""Longest model name or client call id the ledger keeps (a client may send any string; the rest is cut)."""
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:MAX_NAME_LENGTH] if value is not None and len(value) > MAX_NAME_LENGTH else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +113,9 @@ class UsageEvent:
             call_id=ctx.call_id or "",
             outcome=event_outcome(outcome),
             timestamp=outcome.timestamp,
-            request_model=ctx.model,
-            response_model=outcome.deployment_model,
-            model=outcome.model,
+            request_model=_clip(ctx.model) or "",
+            response_model=_clip(outcome.deployment_model),
+            model=_clip(outcome.model) or "",
             endpoint=ctx.endpoint,
             tier=outcome.tier,
             input_tokens=outcome.prompt_tokens,
@@ -126,7 +132,7 @@ class UsageEvent:
             api_key_hash=ctx.api_key_hash,
             end_user=ctx.end_user,
             session=ctx.session_id,
-            client_call_id=ctx.client_call_id,
+            client_call_id=_clip(ctx.client_call_id),
             attributes=ctx.attributes,
             latency_s=outcome.latency_s,
             reason=outcome.reason,

@@ -3,10 +3,12 @@
 Built on prometheus_client's own metric classes, so they also work in multiprocess mode (several
 proxy workers, ``PROMETHEUS_MULTIPROC_DIR`` set, as LiteLLM does with ``--num_workers``). Dollar
 values are float64 sums of exact nano-dollar amounts (exact to 1e-9 USD for totals far beyond a
-day of traffic; the ledger keeps the exact integers). Labels: ``model``, ``tier``, ``endpoint`` (the
-call type, from the adapter's table: a bounded set; on requests and spend) and the
-allow-listed tag keys (``metrics.tag_labels``), each capped at ``max_label_values`` distinct values
-per process (overflow is counted as ``other``, so sums stay exact and series bounded).
+day of traffic; the ledger keeps the exact integers). Labels: ``model`` (a model the operator
+configured, else ``other``: ``labels.ModelLabels``), ``tier``, ``endpoint`` (the call type, from the
+adapter's table: a bounded set; on requests and spend), ``outcome`` (``events.OUTCOMES``) and the
+allow-listed tag keys (``metrics.tag_labels``): ``team`` from the authenticated key, the others
+declared values or capped per process and per tenant (``labels.LabelLimiter``; overflow is
+counted as ``other``, so sums stay exact and series bounded).
 
 One ``CostKitMetrics`` per registry: asking again for the same registry returns the same object,
 so two kits in one process (or a re-built callback) never register twice.
@@ -16,18 +18,22 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from costkit_litellm.accounting.labels import LabelLimiter
+from costkit_litellm.accounting.events import OUTCOMES
+from costkit_litellm.accounting.labels import OTHER, LabelLimiter, ModelLabels
 from costkit_litellm.money import NANO_PER_USD
 
 if TYPE_CHECKING:
     from costkit_litellm.accounting.events import UsageEvent
 
 COST_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_OUTCOMES = frozenset(OUTCOMES)
+MAX_ENDPOINT_LENGTH = 32
+"""An endpoint label comes from the adapter's table of call types; anything longer is ``other``."""
 MAX_CACHED_SERIES = 10_000
 """Label sets whose metric children ``record`` keeps; beyond it, it looks them up each time."""
 # Keyed by the registry itself (weakly): an id() key could be reused by a later registry.
@@ -44,9 +50,15 @@ class CostKitMetrics:
         max_label_values: int = 50,
         registry: CollectorRegistry | None = REGISTRY,
         max_remaining_series: int = 100,
+        *,
+        max_label_values_per_tenant: int | None = None,
+        tag_values: Mapping[str, Collection[str]] | None = None,
+        models: ModelLabels | None = None,
     ) -> None:
         self.tag_labels = tuple(tag_labels)
-        self._limiter = LabelLimiter(self.tag_labels, max_label_values)
+        self._limiter = LabelLimiter(self.tag_labels, max_label_values, max_label_values_per_tenant, tag_values)
+        self.models = models or ModelLabels()
+        """Which model names may be label values (``CostKit`` plugs in the configured ones)."""
         self._lock = threading.Lock()
         self._remaining_children: dict[tuple[str, str], Gauge] = {}
         """The remaining-budget gauge's children by (budget, value): at most ``max_remaining_series``."""
@@ -138,14 +150,30 @@ class CostKitMetrics:
         max_label_values: int = 50,
         registry: CollectorRegistry | None = REGISTRY,
         max_remaining_series: int = 100,
+        *,
+        max_label_values_per_tenant: int | None = None,
+        tag_values: Mapping[str, Collection[str]] | None = None,
+        models: ModelLabels | None = None,
     ) -> CostKitMetrics:
         """The metrics of ``registry``, created on first use (``None``: a private, unregistered set)."""
+
+        def build(target: CollectorRegistry | None) -> CostKitMetrics:
+            return cls(
+                tag_labels,
+                max_label_values,
+                target,
+                max_remaining_series,
+                max_label_values_per_tenant=max_label_values_per_tenant,
+                tag_values=tag_values,
+                models=models,
+            )
+
         if registry is None:
-            return cls(tag_labels, max_label_values, None, max_remaining_series)
+            return build(None)
         with _LOCK:
             existing = _BY_REGISTRY.get(registry)
             if existing is None:
-                existing = cls(tag_labels, max_label_values, registry, max_remaining_series)
+                existing = build(registry)
                 _BY_REGISTRY[registry] = existing
             return existing
 
@@ -157,13 +185,14 @@ class CostKitMetrics:
         (``prometheus_client``'s ``labels()`` validates and formats every value on each call).
         """
         with self._lock:
-            tags = self._limiter.values(event.attributes)
-        model, tier = event.model or "unknown", event.tier or "none"
-        endpoint = event.endpoint or "other"
-        key = (model, tier, event.outcome, endpoint, tags)
+            tags = self._limiter.values(event.attributes, event.team, event.team or event.api_key_hash)
+        model, tier = self.models.label(event.model), event.tier or "none"
+        endpoint = event.endpoint if event.endpoint and len(event.endpoint) <= MAX_ENDPOINT_LENGTH else OTHER
+        outcome = event.outcome if event.outcome in _OUTCOMES else OTHER
+        key = (model, tier, outcome, endpoint, tags)
         series = self._series.get(key)
         if series is None:
-            series = _Series(self.requests.labels(model, tier, event.outcome, endpoint, *tags))
+            series = _Series(self.requests.labels(model, tier, outcome, endpoint, *tags))
             if len(self._series) < MAX_CACHED_SERIES:
                 self._series[key] = series
         series.requests.inc()
@@ -172,7 +201,7 @@ class CostKitMetrics:
             if series.spend is None:
                 series.spend = self.spend.labels(model, tier, endpoint, *tags)
             series.spend.inc(cost / NANO_PER_USD)
-        if cost is not None and event.outcome in ("success", "cache_hit"):
+        if cost is not None and outcome in ("success", "cache_hit"):
             if series.cost is None:
                 series.cost = self.cost.labels(model, tier)
             series.cost.observe(cost / NANO_PER_USD)
@@ -198,11 +227,17 @@ class CostKitMetrics:
             result.inc()
 
     # --- budgets and breaker ------------------------------------------------------------
-    def budget_remaining(self, budget: str, value: str, nano: int) -> None:
-        """What is left of one budget for one value (at most ``max_remaining_series`` pairs)."""
+    def budget_remaining(self, budget: str, value: str, nano: int, trusted: bool = True) -> None:
+        """What is left of one budget for one value (at most ``max_remaining_series`` pairs, first come).
+
+        Only ``trusted`` values get a series: ones the key carries (global, api key, team, the key's
+        own user) or the budget names (``values``, ``overrides``). A client-asserted value
+        (``metadata.user_id``, ``user``, a tag) gets none, so invented values cannot take the slots."""
         key = (budget, value)
         child = self._remaining_children.get(key)
         if child is None:
+            if not trusted:
+                return
             with self._lock:
                 if key not in self._remaining_children:
                     if len(self._remaining_children) >= self._max_remaining:

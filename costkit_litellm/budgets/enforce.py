@@ -31,6 +31,7 @@ from costkit_litellm.budgets.alerts import Alerter
 from costkit_litellm.budgets.config import BudgetSettings
 from costkit_litellm.budgets.outage import OutageAllowance
 from costkit_litellm.budgets.policy import RUNTIME_MAP, AppliedBudget, BudgetPolicy, parse_runtime_limits
+from costkit_litellm.context import RequestContext
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd, usd_to_nano
 from costkit_litellm.pipeline import Admission, Outcome
@@ -334,7 +335,9 @@ class BudgetStage:
                 continue
             left = max(0, budget.limit - usage.committed - usage.reserved)
             if self._metrics is not None:
-                self._metrics.budget_remaining(budget.budget.name, budget.value, left)
+                self._metrics.budget_remaining(
+                    budget.budget.name, budget.value, left, _trusted(budget, admission.context)
+                )
             if budget.caps:
                 tightest = left if tightest is None else min(tightest, left)
         if tightest is not None:
@@ -473,3 +476,18 @@ class BudgetStage:
     def _count_rejection(self, budget: str, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.rejected(budget, reason)
+
+
+def _trusted(budget: AppliedBudget, context: RequestContext) -> bool:
+    """Whether a budget's scope value came from the authenticated key or the budget's own config
+    (a remaining-budget series of its own), not from what the client asserted."""
+    config = budget.budget
+    if (
+        config.scope in ("global", "api_key", "team")
+        or budget.value in config.values
+        or budget.value in config.overrides
+    ):
+        return True
+    if config.scope == "user":
+        return config.identity == "authenticated" or budget.value == context.key_user_id
+    return False

@@ -30,7 +30,7 @@ from costkit_litellm.litellm_adapter.cascade import Cascade
 from costkit_litellm.litellm_adapter.costs import cost_nano, response_cost, usage_tokens
 from costkit_litellm.litellm_adapter.embedder import LiteLLMEmbedder
 from costkit_litellm.litellm_adapter.estimates import Estimator, conversation
-from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource, RouterGetter
+from costkit_litellm.litellm_adapter.prices import LiteLLMModelCatalog, LiteLLMPriceSource, RouterGetter
 from costkit_litellm.money import Nano, format_usd
 from costkit_litellm.pipeline import Admission, Outcome
 from costkit_litellm.pricing import CostEstimate
@@ -195,6 +195,7 @@ class CostKitCallback(CustomLogger):
             self.lease_s + INFLIGHT_MARGIN_S, on_drop=metrics.inflight_dropped if metrics is not None else None
         )
         kit.set_price_source(self.prices)
+        kit.set_model_catalog(LiteLLMModelCatalog(self._router))  # the model label: configured models only
         kit.set_embedder_factory(lambda name: LiteLLMEmbedder(name, self._router))
 
     def new_request_id(self) -> str:

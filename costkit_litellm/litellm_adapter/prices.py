@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -173,3 +175,64 @@ def count_prompt_tokens(model: str | None, messages: Any) -> int:
     except Exception:
         text = "".join(str(m.get("content", "")) for m in messages if isinstance(m, Mapping))
         return max(1, len(text) // 4)
+
+
+class LiteLLMModelCatalog:
+    """The models the operator configured, as the ``model`` label's allowed values (a ``ModelCatalog``).
+
+    With a router: its model groups, the provider models its deployments call, its
+    ``model_group_alias`` names and routing groups; a name a wildcard group (``openai/*``) matches
+    counts as that group's pattern. Without a router (plain ``litellm.acompletion``): the names in
+    LiteLLM's price map. Anything else is not configured (the caller counts it as ``other``). The
+    router's list is read again when it changes (or every ``refresh_s``), so models added at run
+    time appear.
+    """
+
+    def __init__(self, router: RouterGetter | None = None, refresh_s: float = 10.0) -> None:
+        self._router = router or (lambda: None)
+        self._refresh_s = refresh_s
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._built_at = 0.0
+        self._names: frozenset[str] = frozenset()
+        self._patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    def resolve(self, model: str) -> str | None:
+        """``model`` itself when configured, the wildcard group's pattern it falls under, else None."""
+        router = self._router()
+        if router is None:
+            return model if model in litellm.model_cost else None
+        self._refresh(router)
+        if model in self._names:
+            return model
+        for regex, pattern in self._patterns:
+            if regex.fullmatch(model):
+                return pattern
+        return None
+
+    def _refresh(self, router: Any) -> None:
+        deployments = getattr(router, "model_list", None) or []
+        aliases = getattr(router, "model_group_alias", None) or {}
+        groups = getattr(router, "routing_groups", None) or {}
+        stamp = (id(router), id(deployments), len(deployments), len(aliases) + len(groups))
+        now = time.monotonic()
+        if stamp == self._stamp and now - self._built_at < self._refresh_s:
+            return
+        names: set[str] = set()
+        patterns: dict[str, None] = {}
+        for deployment in deployments:
+            if not isinstance(deployment, Mapping):
+                continue
+            group = deployment.get("model_name")
+            params = deployment.get("litellm_params") or {}
+            provider_model = params.get("model") if isinstance(params, Mapping) else None
+            for name in (group, provider_model):
+                if isinstance(name, str) and name and "*" in name:
+                    patterns[name] = None
+                elif isinstance(name, str) and name:
+                    names.add(name)
+        names.update(str(name) for name in (*aliases, *(groups if isinstance(groups, Mapping) else ())))
+        self._names = frozenset(names)
+        self._patterns = tuple(
+            (re.compile(".*".join(re.escape(part) for part in pattern.split("*"))), pattern) for pattern in patterns
+        )
+        self._stamp, self._built_at = stamp, now

@@ -138,13 +138,14 @@ class TestHeadersAndAccounting:
             assert scrape(shipped, "costkit_requests_total", feature=feature, outcome="success") == 10
 
     def test_tags_header_and_key_value_tags_label_spend(self, shipped: ProxyServer) -> None:
-        """A feature given as an x-litellm-tags 'feature:x' tag labels the spend like metadata does."""
+        """A feature given as an x-litellm-tags 'feature:x' tag labels the spend like metadata does; a 'team:x'
+        tag does not (the team label is the key's team: none for the master key)."""
         feature = f"t-{uuid.uuid4().hex[:6]}"
         response = chat(shipped, {}, headers={"x-litellm-tags": f"feature:{feature},team:growth"})
         assert response.status_code == 200
         cost = float(response.headers["x-costkit-cost-usd"])
         assert eventually(
-            lambda: abs(scrape(shipped, "costkit_spend_usd_total", feature=feature, team="growth") - cost) < 1e-12
+            lambda: abs(scrape(shipped, "costkit_spend_usd_total", feature=feature, team="none") - cost) < 1e-12
         )
 
     def test_streaming_is_recorded_once_when_it_ends(self, shipped: ProxyServer) -> None:
