@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -22,8 +21,9 @@ import pytest
 
 from costkit_litellm.store.redis import RedisStore
 from costkit_litellm.testing.fake_provider import FakeProvider
-from costkit_litellm.testing.proxy_server import ProxyServer, base_config, enable_costkit, openai_deployment
+from costkit_litellm.testing.proxy_server import ProxyPool, ProxyServer, base_config, enable_costkit, openai_deployment
 from costkit_litellm.testing.redis_server import RedisServer
+from costkit_litellm.testing.tenants import write_custom_auth
 
 pytestmark = pytest.mark.redis
 
@@ -34,25 +34,10 @@ MAX_STEPS = 4
 # is committed the next worst case does not.
 SPEND_CAP_USD = "0.00003"
 
-TENANT_AUTH = '''
-"""Two tenants and the admin, for the breaker's two-tenant e2e test (no database)."""
-import os
-
-from litellm.proxy._types import UserAPIKeyAuth
-
 TENANTS = {
     "sk-alice": {"api_key": "hash-alice", "user_id": "alice", "team_id": "team-a"},
     "sk-bob": {"api_key": "hash-bob", "user_id": "bob", "team_id": "team-b"},
 }
-
-
-async def user_api_key_auth(request, api_key):
-    if api_key in TENANTS:
-        return UserAPIKeyAuth(**TENANTS[api_key])
-    if api_key == os.environ["LITELLM_MASTER_KEY"]:
-        return UserAPIKeyAuth(api_key=api_key, user_role="proxy_admin")
-    raise Exception("unknown key")
-'''
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +54,20 @@ def prefix() -> str:
 
 @pytest.fixture(scope="module")
 def proxy(
-    config_writer: Callable[[str, Mapping[str, Any]], Path],
+    proxy_factory: ProxyPool,
     redis_server: RedisServer,
     provider: FakeProvider,
     prefix: str,
 ) -> Iterator[ProxyServer]:
     """A proxy with the custom auth, the breaker (4 steps, loops at 2, a tiny spend cap) on the session Redis."""
     config = base_config([openai_deployment("mini", provider.base_url)], num_retries=0)
-    config["general_settings"] = {"custom_auth": "tenant_auth.user_api_key_auth"}
+    config["general_settings"] = {"custom_auth": write_custom_auth(proxy_factory.config_dir, TENANTS)}
     costkit = {
         "redis_url": redis_server.url,
         "key_prefix": prefix,
         "breaker": {"enabled": True, "max_steps": MAX_STEPS, "loop_threshold": 2, "max_spend_usd": SPEND_CAP_USD},
     }
-    path = config_writer("breaker-tenants", enable_costkit(config, costkit))
-    path.with_name("tenant_auth.py").write_text(TENANT_AUTH)
+    path = proxy_factory.write_config("breaker-tenants", enable_costkit(config, costkit))
     with ProxyServer(path) as server:
         yield server
 

@@ -22,19 +22,12 @@ import pytest
 
 from costkit_litellm.testing.fake_provider import FakeProvider
 from costkit_litellm.testing.proxy_server import ProxyPool, ProxyServer, base_config, enable_costkit, openai_deployment
+from costkit_litellm.testing.tenants import write_custom_auth
 
-AUTH = '''
-from litellm.proxy._types import UserAPIKeyAuth
-
-
-async def user_api_key_auth(request, api_key):
-    """Test keys: sk-team-a is Alice of team-a, sk-team-b Bob of team-b; anything else an admin without a team."""
-    teams = {"sk-team-a": ("alice", "team-a"), "sk-team-b": ("bob", "team-b")}
-    user, team = teams.get(api_key, (None, None))
-    if team is None:
-        return UserAPIKeyAuth(api_key=api_key, user_role="proxy_admin")
-    return UserAPIKeyAuth(api_key=api_key, user_id=user, team_id=team)
-'''
+TENANTS = {
+    "sk-team-a": {"api_key": "sk-team-a", "user_id": "alice", "team_id": "team-a"},
+    "sk-team-b": {"api_key": "sk-team-b", "user_id": "bob", "team_id": "team-b"},
+}
 ALICE = {"Authorization": "Bearer sk-team-a"}
 BOB = {"Authorization": "Bearer sk-team-b"}
 _SAMPLE = re.compile(r"^(?P<name>costkit_\w+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
@@ -44,10 +37,9 @@ NANO = Decimal("1e-9")
 @pytest.fixture(scope="module")
 def proxy(proxy_factory: ProxyPool, fake_provider: FakeProvider) -> ProxyServer:
     """The pack labelling by feature and team, one model, a budget on feature 'billing', the custom auth."""
-    (proxy_factory.config_dir / "team_auth.py").write_text(AUTH)
     deployment = openai_deployment("gpt-4o-mini", fake_provider.base_url, model="openai/gpt-4o-mini")
     config = base_config([deployment], callbacks=["prometheus"])
-    config["general_settings"] = {"custom_auth": "team_auth.user_api_key_auth"}
+    config["general_settings"] = {"custom_auth": write_custom_auth(proxy_factory.config_dir, TENANTS)}
     costkit = {
         "metrics": {"tag_labels": ["feature", "team"], "max_label_values": 50},
         "budgets": [
