@@ -113,18 +113,24 @@ def _escaped(value: str) -> str:
     return quote(value, safe="@._-")
 
 
+JWT_KEY_PREFIX = "hashed-jwt-"
+"""How LiteLLM's JWT auth reports a token as the key hash (one per token, so new at each refresh)."""
+
+
 def caller_scope(context: RequestContext) -> str:
     """Who owns the request's session counters: the API key hash when there is one.
 
-    Without a key: the key's team and user (authenticated by a custom auth), else the user the
+    Without a key, or with a JWT (LiteLLM hashes each token: a refreshed token would start the
+    session's counters again): the token's or key's team and user (authenticated), else the user the
     client declared (``metadata.user_id``: only where nothing authenticates, as with a Router in
     application code), else ``anonymous``. Every form is distinct (values are escaped, so a
     ``key=...`` never equals a ``team=...``) and stable for one caller.
     """
-    if context.api_key_hash:
-        return f"key={_escaped(context.api_key_hash)}"
     named = (("team", context.team_id), ("user", context.key_user_id))
     authenticated = [f"{name}={_escaped(value)}" for name, value in named if value]
+    jwt = context.api_key_hash is not None and context.api_key_hash.startswith(JWT_KEY_PREFIX)
+    if context.api_key_hash and not (jwt and authenticated):
+        return f"key={_escaped(context.api_key_hash)}"
     if authenticated:
         return ",".join(authenticated)
     if context.user_id:

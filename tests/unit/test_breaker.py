@@ -202,6 +202,18 @@ class TestCallerScope:
         """No key: the key's team and user (not the client's claim), else the declared user, else anonymous."""
         assert caller_scope(ctx(**identity)) == scope
 
+    def test_a_jwt_is_scoped_by_its_team_and_user_so_a_refreshed_token_keeps_the_counters(self) -> None:
+        """LiteLLM reports each JWT as its own key hash (hashed-jwt-...): with the token's team or user the
+        session is theirs, so a refreshed token does not start its counters again; a bare JWT keeps its hash."""
+        first, refreshed = "hashed-jwt-" + "a" * 64, "hashed-jwt-" + "b" * 64
+        identity = {"team_id": "t", "key_user_id": "u"}
+        assert caller_scope(ctx(api_key_hash=first, **identity)) == "team=t,user=u"
+        assert session_key(ctx(api_key_hash=first, **identity), "s") == session_key(
+            ctx(api_key_hash=refreshed, **identity), "s"
+        )
+        assert caller_scope(ctx(api_key_hash=first)) == f"key={first}"
+        assert caller_scope(ctx(api_key_hash="sk-hash", **identity)) == "key=sk-hash"
+
     def test_no_two_callers_forms_collide(self) -> None:
         """Values that look like another form's separators are escaped, so distinct callers get distinct scopes."""
         callers = [
