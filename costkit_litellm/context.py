@@ -261,13 +261,34 @@ def _stops(stop: Any) -> tuple[str, ...]:
     return ()  # a number, a boolean or an object is not a stop sequence
 
 
+def output_cap(data: Mapping[str, Any], honoured: Sequence[str] = OUTPUT_CAPS) -> int | None:
+    """The output cap a request bounds its answer by, or None (unbounded).
+
+    A cap counts only when the route passes it on: one of ``honoured`` at the top level, or any cap in
+    ``extra_body`` (the SDKs merge it into the body over the top-level keys, and LiteLLM's Responses
+    bridge lifts it there). Then every cap the request sets, wherever, is a candidate and the largest
+    is the bound (a bridged deployment honours ``max_output_tokens`` on chat, for one); one that is
+    not a positive whole number (``"4000"``, ``0``, ``2.5``) leaves the request unbounded, since a
+    lenient provider may read it as something larger."""
+    extra = data.get("extra_body")
+    extra = extra if isinstance(extra, Mapping) else _EMPTY
+    present = [v for v in (*(data.get(k) for k in OUTPUT_CAPS), *(extra.get(k) for k in OUTPUT_CAPS)) if v is not None]
+    if not present:
+        return None
+    values = [_int(v) for v in present]
+    if any(v is None or v <= 0 for v in values):
+        return None
+    if not any(data.get(k) is not None for k in honoured) and not any(extra.get(k) is not None for k in OUTPUT_CAPS):
+        return None
+    return max(v for v in values if v is not None)
+
+
 def sampling_params(data: Mapping[str, Any], output_caps: Sequence[str] = OUTPUT_CAPS) -> SamplingParams:
     """The sampling parameters of an OpenAI-style request body (lenient: odd values are dropped, never raised);
     ``output_caps``: the fields the route honours as an output cap (the others cap nothing)."""
     stops = _stops(data.get("stop"))
     tools = data.get("tools") or data.get("functions")
-    caps = [v for v in (_int(data.get(cap)) for cap in output_caps) if v is not None and v > 0]
-    max_tokens = max(caps) if caps else None  # several caps: the provider may honour the largest
+    max_tokens = output_cap(data, output_caps)
     return SamplingParams(
         temperature=_float(data.get("temperature")),
         top_p=_float(data.get("top_p")),

@@ -19,7 +19,14 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 from litellm.types.llms.openai import ResponsesAPIResponse
 
-from costkit_litellm.context import MetadataKey, RequestContext, from_logging_payload, from_request, request_metadata
+from costkit_litellm.context import (
+    OUTPUT_CAPS,
+    MetadataKey,
+    RequestContext,
+    from_logging_payload,
+    from_request,
+    request_metadata,
+)
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.failsafe import InternalError, failed_at
 from costkit_litellm.inflight import Admitted, InFlight, Settled
@@ -246,6 +253,11 @@ class CostKitCallback(CustomLogger):
         inject = admission.estimate.inject_max_tokens  # of the final estimate (after routing or a downgrade)
         if inject is not None and row.output_cap is not None and context.params.max_tokens is None:
             data[row.output_cap] = inject  # the hold is a bound only if the provider stops there
+            extra = data.get("extra_body")
+            if isinstance(extra, dict):  # it goes over the top-level caps: an odd value there caps nothing
+                for field in OUTPUT_CAPS:
+                    if field in extra:
+                        extra[field] = inject
         if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
             cheap_id = self.new_request_id()
             self.inflight.add(cheap_id, Admitted(admission, recorded="cascade"))

@@ -37,6 +37,7 @@ import litellm
 from litellm.cost_calculator import default_image_cost_calculator
 from litellm.litellm_core_utils.token_counter import high_detail_image_token_upper_bound
 
+from costkit_litellm.context import output_cap
 from costkit_litellm.litellm_adapter.call_types import CallType
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
 from costkit_litellm.litellm_adapter.token_count import TokenCounter
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 _TEXT_FIELDS = ("prompt", "input", "instructions", "system", "tools", "functions", "response_format", "text")
 """Billable request fields besides ``messages`` (each counted once, as JSON when structured)."""
 _CHARS_PER_TOKEN = 4
+_RESPONSES_MIN_OUTPUT = 16
+"""The Responses API's least output cap: LiteLLM raises a smaller one to it where it sends a route
+there (/v1/messages to a non-Anthropic model, chat to an ``openai/responses/...`` deployment)."""
 _FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 _TOKENS = TokenCounter()
 _RERANK_DOCS_PER_SEARCH = 100
@@ -251,13 +255,14 @@ class Estimator:
         params_n = max(_positive_int(data.get("n")), _positive_int(data.get("best_of")))
         if row.endpoint == "text_completion":
             params_n *= _prompts(data)  # a batch of prompts: n completions of each
-        caps = [data.get(k) for k in row.output_caps]  # a cap in a field the route drops bounds nothing
-        valid = [c for c in caps if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+        cap = output_cap(data, row.output_caps)  # a cap in a field the route drops bounds nothing
+        if cap is not None:
+            cap = max(cap, _RESPONSES_MIN_OUTPUT)  # LiteLLM raises a smaller one where it bridges to Responses
         tier = data.get("service_tier") if isinstance(data.get("service_tier"), str) else None
         return self.pricing.worst_case(
             group,
             prompt,
-            max(valid) if valid else None,
+            cap,
             params_n,
             deployment,
             fallbacks=self.prices.fallbacks(group, _request_fallbacks(data)),

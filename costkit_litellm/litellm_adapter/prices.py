@@ -21,6 +21,9 @@ SERVICE_TIERS = ("flex", "priority")
 _FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 
 
+_PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "input_cost_per_character", "input_cost_per_second")
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -46,10 +49,25 @@ def _price_from_info(info: Mapping[str, Any]) -> ModelPrice | None:
     return ModelPrice.from_per_token_usd(inp, out, int(max_out) if max_out else None, tiers=tiers)
 
 
+def _priced_name(model: str) -> str:
+    """The price map's name of a provider model: an ``openai/responses/gpt-4o`` deployment (chat
+    bridged to the Responses API) is priced as ``openai/gpt-4o``."""
+    provider, sep, rest = model.partition("/responses/")
+    if sep and provider and "/" not in provider:
+        return f"{provider}/{rest}"
+    return model.removeprefix("responses/")
+
+
 def _model_info(model: str) -> ModelPrice | None:
+    name = _priced_name(model)
     try:
-        info = litellm.get_model_info(model=model)
+        info = litellm.get_model_info(model=name)
     except Exception:  # litellm raises a bare Exception for unmapped models
+        return None
+    # A Router registers each deployment's model, with no prices when the map has none (an empty
+    # entry that get_model_info reports at $0): unknown, not free.
+    registered = litellm.model_cost.get(info.get("key") or name)
+    if isinstance(registered, Mapping) and not any(k in registered for k in _PRICE_KEYS):
         return None
     return _price_from_info(info)
 

@@ -48,6 +48,8 @@ CASES = {
     "dropped_cap": 25_000_000,  # max_tokens on /v1/responses caps nothing: 16,384 x 600 per answer
     "dropped_cap_injected": 500_000,  # the same, with inject_default: 300 x 600 per answer
     "context_fallback": 1_100_000,  # the request's own context_window_fallbacks to gpt-4o, as "fallback"
+    "extra_body_cap": 6_000_000,  # extra_body's max_tokens 4,000 goes over the top-level 1: 4,000 x 600
+    "bridged": 6_000_000,  # chat to openai/responses/...: max_output_tokens 4,000 wins there
 }
 
 
@@ -76,6 +78,7 @@ def _config(provider: FakeProvider, redis_url: str, pricing: Mapping[str, Any]) 
         openai_deployment("big", provider.base_url, model="openai/gpt-4o"),
         openai_deployment("flaky-mini", provider.base_url, extra_headers={"x-fake-fail": "429"}),
         openai_deployment("short-mini", provider.base_url, extra_headers={"x-fake-fail": "400"}),
+        openai_deployment("bridged-mini", provider.base_url, model="openai/responses/gpt-4o-mini"),
     ]
     config = base_config(models, num_retries=0)
     config["router_settings"] = {"num_retries": 0, "disable_cooldowns": True, "fallbacks": [{"flaky-mini": ["big"]}]}
@@ -205,6 +208,24 @@ class TestEstimatesBoundTheBill:
         _run(injecting_proxy, provider, "/v1/responses", body, "dropped_cap_injected")
         sent = [r.body.get("max_output_tokens") for r in provider.recorded() if r.status == 200]
         assert sent and set(sent) == {INJECTED}
+
+    def test_a_cap_in_extra_body_goes_over_the_top_level_one(self, proxy: ProxyServer, provider: FakeProvider) -> None:
+        """max_tokens 1 with extra_body max_tokens 4,000 (LiteLLM sends the provider 4,000) is held at 4,000:
+        the bill stays capped (it was held at 1 token and billed 1,230x the hold)."""
+        body = {"model": "mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        _run(proxy, provider, "/v1/chat/completions", {**body, "extra_body": {"max_tokens": 4000}}, "extra_body_cap")
+        assert {r.body.get("max_tokens") for r in provider.recorded() if r.status == 200} == {4000}
+
+    def test_chat_bridged_to_responses_is_priced_and_capped(self, proxy: ProxyServer, provider: FakeProvider) -> None:
+        """A chat request to an openai/responses/gpt-4o-mini deployment is held at gpt-4o-mini's price (it was
+        held at $0) and at the larger of max_tokens and max_output_tokens (the bridge sends the latter)."""
+        body = {
+            "model": "bridged-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+            "max_output_tokens": 4000,
+        }
+        _run(proxy, provider, "/v1/chat/completions", body, "bridged")
 
     def test_the_requests_own_context_window_fallbacks(self, proxy: ProxyServer, provider: FakeProvider) -> None:
         """A request's own context_window_fallbacks to gpt-4o (its group always overflows) is held at gpt-4o's price."""

@@ -10,10 +10,13 @@ import litellm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from costkit_litellm.config import PricingConfig
+from costkit_litellm.config import PricingConfig, parse_config
 from costkit_litellm.context import from_request
+from costkit_litellm.kit import CostKit
 from costkit_litellm.litellm_adapter.call_types import call_type
+from costkit_litellm.litellm_adapter.callback import CostKitCallback
 from costkit_litellm.litellm_adapter.estimates import Estimator
 from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
 from costkit_litellm.pricing import Pricing
@@ -76,16 +79,45 @@ def test_the_caps_a_route_honours_still_bound_it() -> None:
 @given(
     row=st.sampled_from([CHAT, TEXT, RESPONSES, MESSAGES]),
     values=st.dictionaries(st.sampled_from(CAPS), st.integers(min_value=1, max_value=100_000)),
+    extra=st.dictionaries(st.sampled_from(CAPS), st.integers(min_value=1, max_value=100_000)),
 )
-@settings(max_examples=150, deadline=None)
-def test_only_honoured_cap_fields_change_the_hold(row: Any, values: dict[str, int]) -> None:
-    """Whatever caps a client sends, the hold equals the hold of the honoured ones alone, and the
-    context's max_tokens (which decides whether a default cap is injected) reads the same fields."""
-    body = {**_body(row), **values}
-    honoured = {k: v for k, v in values.items() if k in row.output_caps}
-    assert _amount(row, body) == _amount(row, {**_body(row), **honoured})
+@settings(max_examples=200, deadline=None)
+def test_the_hold_is_bound_by_the_largest_cap_the_provider_may_receive(
+    row: Any, values: dict[str, int], extra: dict[str, int]
+) -> None:
+    """Whatever caps a client sends, at the top level and in extra_body: with one the route passes on
+    (or any in extra_body, which goes over the body), the hold is that of the largest cap set anywhere
+    (at least 16, the Responses API's least); with none it is the uncapped hold. The context's max_tokens
+    (which decides whether a default cap is injected) is the same bound."""
+    body: dict[str, Any] = {**_body(row), **values}
+    if extra:
+        body["extra_body"] = dict(extra)
+    bounded = extra or any(k in row.output_caps for k in values)
+    caps = [*values.values(), *extra.values()]
+    expected = max(caps) if bounded else None
+    reference = {**_body(row), row.output_cap: max(expected, 16)} if expected is not None else _body(row)
+    assert _amount(row, body) == _amount(row, reference)
     context = from_request(body, endpoint=row.endpoint, output_caps=row.output_caps)
-    assert context.params.max_tokens == (max(honoured.values()) if honoured else None)
+    assert context.params.max_tokens == expected
+
+
+@pytest.mark.parametrize("odd", ["4000", 0, -1, 2.5, True, [4000], {"n": 1}])
+def test_a_cap_that_is_no_whole_number_leaves_the_request_unbounded(odd: Any) -> None:
+    """A cap a lenient provider may read as more (`"4000"`), or none at all, beside a valid one: the hold
+    is the uncapped one, not the valid cap's."""
+    uncapped = _amount(CHAT, _body(CHAT))
+    assert _amount(CHAT, {**_body(CHAT), "max_tokens": 20, "max_completion_tokens": odd}) == uncapped
+    assert _amount(CHAT, {**_body(CHAT), "max_tokens": 20, "extra_body": {"max_tokens": odd}}) == uncapped
+
+
+def test_a_cap_below_the_responses_minimum_is_held_as_16() -> None:
+    """`max_tokens: 1` on /v1/messages is sent on as 16 (LiteLLM's Responses bridge): held as 16."""
+    assert _amount(MESSAGES, {**_body(MESSAGES), "max_tokens": 1}) == _amount(
+        MESSAGES, {**_body(MESSAGES), "max_tokens": 16}
+    )
+    assert _amount(MESSAGES, {**_body(MESSAGES), "max_tokens": 1}) < _amount(
+        MESSAGES, {**_body(MESSAGES), "max_tokens": 17}
+    )
 
 
 @pytest.mark.parametrize("n", ["8", 8.0, " 8 ", 7.2, "7.5"])
@@ -119,8 +151,25 @@ def router() -> Any:
         model_list=[
             {"model_name": "cheap", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "x"}},
             {"model_name": "pricey", "litellm_params": {"model": "openai/gpt-4o", "api_key": "x"}},
+            {"model_name": "bridged", "litellm_params": {"model": "openai/responses/gpt-4o-mini", "api_key": "x"}},
+            {"model_name": "unpriced", "litellm_params": {"model": "openai/no-such-model-costkit", "api_key": "x"}},
         ]
     )
+
+
+def test_a_deployment_bridged_to_responses_is_priced_as_its_model(router: Any) -> None:
+    """`openai/responses/gpt-4o-mini` (chat sent to the Responses API) is held at gpt-4o-mini's price,
+    not at the $0 of the empty entry the Router registers for it."""
+    body = {**_body(CHAT), "max_tokens": 1000}
+    assert _amount(CHAT, body, "bridged", router) == _amount(CHAT, body, "cheap", router) > 0
+
+
+def test_a_model_the_router_registered_without_prices_is_unknown_not_free(router: Any) -> None:
+    """A deployment model with no price in LiteLLM's map has no worst case (unknown_price decides), never $0."""
+    prices = LiteLLMPriceSource(lambda: router)
+    assert prices.price("unpriced") is None
+    estimate = _estimator(router).worst_case(CHAT, {**_body(CHAT), "max_tokens": 10}, "unpriced", None)
+    assert estimate.amount is None
 
 
 @pytest.mark.parametrize(
@@ -141,3 +190,18 @@ def test_the_requests_own_fallbacks_of_every_kind_are_in_the_worst_case(router: 
     pricey = _amount(CHAT, body, "pricey", router)
     assert cheap < pricey
     assert _amount(CHAT, {**body, **fallbacks}, "cheap", router) >= pricey
+
+
+async def test_inject_default_also_overwrites_an_odd_cap_in_extra_body() -> None:
+    """Under inject_default a request whose only caps are odd (`extra_body: {"max_tokens": "4000"}`, which
+    goes over the body) gets the injected cap there too, so the provider stops where the hold does."""
+    kit = CostKit(
+        parse_config({"pricing": {"output_bound": "inject_default", "default_max_output_tokens": 300}}),
+        registry=CollectorRegistry(),
+    )
+    callback = CostKitCallback(kit, router=lambda: None)
+    data: dict[str, Any] = {"model": "gpt-4o-mini", **_body(CHAT), "extra_body": {"max_tokens": "4000", "seed": 1}}
+    admission = await callback.admit(data, CHAT)
+    assert data["max_tokens"] == 300 and data["extra_body"] == {"max_tokens": 300, "seed": 1}
+    assert admission.estimate.inject_max_tokens == 300
+    await kit.close()
