@@ -261,7 +261,7 @@ class CostKitCallback(CustomLogger):
         if row.routable and admission.state.get(ROUTING_STATE, {}).get("cascade_from"):
             cheap_id = self.new_request_id()
             self.inflight.add(cheap_id, Admitted(admission, recorded="cascade"))
-            await Cascade(self.kit, self._cheap_call(), {"id": cheap_id}).run(data, admission)
+            await Cascade(self.kit, self._cheap_call(), {"id": cheap_id}, self._answer_cost).run(data, admission)
         self._stash(data, Admitted(admission))
         return admission
 
@@ -384,6 +384,18 @@ class CostKitCallback(CustomLogger):
             return None
         served, deployment = self.prices.served_by(group, model_id)
         return pricing.actual_cost(served, deployment, prompt_tokens, completion_tokens, hold=hold)
+
+    def _answer_cost(self, group: str, response: Any, hold: Nano | None) -> Nano | None:
+        """What an answer of ``group`` cost: at its ``pricing.models`` price where one applies (the
+        hold when it reports no usage), else LiteLLM's ``response_cost`` (the cascade's cheap call)."""
+        if self.kit.pricing.configures_prices:
+            hidden = getattr(response, "_hidden_params", None)
+            model_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
+            prompt, completion = usage_tokens(response)
+            configured = self.configured_cost(group, model_id, prompt, completion, hold)
+            if configured is not None:
+                return configured
+        return response_cost(response)
 
     def _configured_response_cost(
         self, data: Mapping[str, Any], response: Any, entry: Admitted | Settled

@@ -41,10 +41,19 @@ CALL_PARAMS = frozenset(
 class Cascade:
     """Executes a planned cascade for one request."""
 
-    def __init__(self, kit: CostKit, call: Callable[..., Awaitable[Any]], marker: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        kit: CostKit,
+        call: Callable[..., Awaitable[Any]],
+        marker: dict[str, Any],
+        cost: Callable[[str, Any, Nano | None], Nano | None] | None = None,
+    ) -> None:
         self._kit = kit
         self._call = call
         self._marker = marker
+        self._cost = cost or (lambda group, response, hold: response_cost(response))
+        """What the cheap answer cost: (group, response, the request's hold) -> nano-dollars (a
+        ``pricing.models`` price where one applies, else LiteLLM's)."""
         self._validator = AnswerValidator(kit.config.routing.validators)
 
     async def run(self, data: dict[str, Any], admission: Admission) -> None:
@@ -65,7 +74,8 @@ class Cascade:
             plan.update(tier=cheap_tier, model=cheap, cascade="served")
             admission.headers[HEADER_TIER] = f"{cheap_tier} (cascade: the answer passed the checks)"
             return
-        await self._escalate(admission, plan, check.reason, response, response_cost(response), started)
+        cost = self._cost(cheap, response, admission.estimate.amount)
+        await self._escalate(admission, plan, check.reason, response, cost, started)
 
     async def _escalate(
         self,

@@ -177,3 +177,44 @@ class TestCascade:
             assert grown == expected and after.reserved == 0
         finally:
             await store.close()
+
+
+@pytest.fixture(scope="module")
+def self_hosted_cascade(
+    proxy_factory: ProxyPool, fake_provider: FakeProvider, redis_server: RedisServer
+) -> ProxyServer:
+    """A cascade whose economy tier is a self-hosted model LiteLLM has no price for, priced by pricing.models."""
+    config = base_config(
+        [
+            openai_deployment("selfhosted", fake_provider.base_url, "hosted_vllm/mymodel"),
+            mock_deployment("big", '{"answer": "premium"}', "openai/gpt-4o"),
+        ],
+        num_retries=0,
+    )
+    costkit = {
+        "redis_url": redis_server.url,
+        "key_prefix": "routing-e2e",
+        "pricing": {"models": {"selfhosted": {"input_usd_per_million_tokens": 2, "output_usd_per_million_tokens": 8}}},
+        "routing": {
+            "enabled": True,
+            "threshold": 0.0,
+            "tiers": [{"name": "economy", "model": "selfhosted"}, {"name": "premium", "model": "big", "cascade": True}],
+            "validators": {"regexes": ["APPROVED"]},
+        },
+        "budgets": [{"name": "cascade-total", "scope": "global", "limit_usd": 10, "window": "total"}],
+    }
+    return proxy_factory("routing-cascade-selfhosted", enable_costkit(config, costkit))
+
+
+async def test_an_escalated_cheap_answer_is_charged_at_its_configured_price(
+    self_hosted_cascade: ProxyServer, redis_server: RedisServer
+) -> None:
+    """The cheap attempt of an escalated cascade, on a model priced only by pricing.models, is charged at that
+    price (2 and 8 $/M tokens), not at LiteLLM's $0 for a model it does not know."""
+    response = ask(self_hosted_cascade, "Say something")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-costkit-tier"] == "premium (escalated: no match for 'APPROVED')"
+    escalated = (await ledger(redis_server.url, response.headers["x-litellm-call-id"]))["escalated"]
+    tokens_in, tokens_out = int(escalated["gen_ai.usage.input_tokens"]), int(escalated["gen_ai.usage.output_tokens"])
+    assert tokens_in > 0 and tokens_out > 0
+    assert int(escalated["costkit.cost_nano"]) == tokens_in * 2_000 + tokens_out * 8_000
