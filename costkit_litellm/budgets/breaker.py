@@ -32,10 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 from costkit_litellm.accounting.metrics import CostKitMetrics
 from costkit_litellm.budgets.config import BreakerConfig
+from costkit_litellm.budgets.policy import escaped_key_part
 from costkit_litellm.context import RequestContext
 from costkit_litellm.errors import RequestAnswered, RequestRejected
 from costkit_litellm.money import format_usd_short, usd_to_nano
@@ -108,11 +108,6 @@ def request_fingerprint(model: str, messages: Sequence[Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _escaped(value: str) -> str:
-    """A value as a key part: ``:``, ``=``, ``,``, braces and spaces escaped (as the budget keys)."""
-    return quote(value, safe="@._-")
-
-
 JWT_KEY_PREFIX = "hashed-jwt-"
 """How LiteLLM's JWT auth reports a token as the key hash (one per token, so new at each refresh)."""
 
@@ -127,20 +122,20 @@ def caller_scope(context: RequestContext) -> str:
     ``key=...`` never equals a ``team=...``) and stable for one caller.
     """
     named = (("team", context.team_id), ("user", context.key_user_id))
-    authenticated = [f"{name}={_escaped(value)}" for name, value in named if value]
+    authenticated = [f"{name}={escaped_key_part(value)}" for name, value in named if value]
     jwt = context.api_key_hash is not None and context.api_key_hash.startswith(JWT_KEY_PREFIX)
     if context.api_key_hash and not (jwt and authenticated):
-        return f"key={_escaped(context.api_key_hash)}"
+        return f"key={escaped_key_part(context.api_key_hash)}"
     if authenticated:
         return ",".join(authenticated)
     if context.user_id:
-        return f"client_user={_escaped(context.user_id)}"
+        return f"client_user={escaped_key_part(context.user_id)}"
     return "anonymous"
 
 
 def session_key(context: RequestContext, session: str) -> str:
     """The prefix of every breaker key of this caller's session: ``session:<caller>:<session id>``."""
-    return f"session:{caller_scope(context)}:{_escaped(session)}"
+    return f"session:{caller_scope(context)}:{escaped_key_part(session)}"
 
 
 def _unavailable() -> RequestRejected:

@@ -23,13 +23,14 @@ RUNTIME_MAP = "budget_limits"
 
 
 @functools.lru_cache(maxsize=16_384)
-def _escaped(value: str) -> str:
+def escaped_key_part(value: str) -> str:
+    """A value as a part of a store key: ``:``, ``=``, ``,``, braces and spaces escaped (collision-free)."""
     return quote(value, safe="@._-")
 
 
 def budget_key(name: str, window: str, value: str, slot_id: str) -> str:
     """Store key of one budget window for one scope value (the value is escaped: no braces or spaces)."""
-    return f"{BUDGET_KEY_PREFIX}{name}:{window}:{_escaped(value)}:{slot_id}"
+    return f"{BUDGET_KEY_PREFIX}{name}:{window}:{escaped_key_part(value)}:{slot_id}"
 
 
 def runtime_field(name: str, value: str | None = None) -> str:

@@ -385,17 +385,18 @@ class CostKitCallback(CustomLogger):
         served, deployment = self.prices.served_by(group, model_id)
         return pricing.actual_cost(served, deployment, prompt_tokens, completion_tokens, hold=hold)
 
+    def _configured_answer_cost(self, group: str, response: Any, hold: Nano | None) -> Nano | None:
+        """``configured_cost`` of a response object: its deployment (``model_id``) and usage."""
+        hidden = getattr(response, "_hidden_params", None)
+        model_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
+        prompt, completion = usage_tokens(response)
+        return self.configured_cost(group, model_id, prompt, completion, hold)
+
     def _answer_cost(self, group: str, response: Any, hold: Nano | None) -> Nano | None:
         """What an answer of ``group`` cost: at its ``pricing.models`` price where one applies (the
         hold when it reports no usage), else LiteLLM's ``response_cost`` (the cascade's cheap call)."""
-        if self.kit.pricing.configures_prices:
-            hidden = getattr(response, "_hidden_params", None)
-            model_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
-            prompt, completion = usage_tokens(response)
-            configured = self.configured_cost(group, model_id, prompt, completion, hold)
-            if configured is not None:
-                return configured
-        return response_cost(response)
+        configured = self._configured_answer_cost(group, response, hold)
+        return configured if configured is not None else response_cost(response)
 
     def _configured_response_cost(
         self, data: Mapping[str, Any], response: Any, entry: Admitted | Settled
@@ -405,15 +406,13 @@ class CostKitCallback(CustomLogger):
         if not self.kit.pricing.configures_prices or not isinstance(response, _TOKEN_RESPONSES):
             return None
         hidden = getattr(response, "_hidden_params", None)
-        hidden = hidden if isinstance(hidden, Mapping) else {}
-        if hidden.get("cache_hit"):
+        if isinstance(hidden, Mapping) and hidden.get("cache_hit"):
             return None
         group = data.get("model")
         if not isinstance(group, str) or not group:
             return None
         hold = entry.admission.estimate.amount if isinstance(entry, Admitted) and entry.recorded is None else None
-        prompt, completion = usage_tokens(response)
-        return self.configured_cost(group, hidden.get("model_id"), prompt, completion, hold)
+        return self._configured_answer_cost(group, response, hold)
 
     async def async_post_call_response_headers_hook(
         self,

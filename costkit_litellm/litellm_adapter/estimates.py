@@ -39,7 +39,7 @@ from litellm.litellm_core_utils.token_counter import high_detail_image_token_upp
 
 from costkit_litellm.context import output_cap
 from costkit_litellm.litellm_adapter.call_types import CallType
-from costkit_litellm.litellm_adapter.prices import LiteLLMPriceSource
+from costkit_litellm.litellm_adapter.prices import FALLBACK_KINDS, LiteLLMPriceSource
 from costkit_litellm.litellm_adapter.token_count import TokenCounter
 from costkit_litellm.money import Nano
 from costkit_litellm.pricing import CostEstimate, Pricing, usd_to_nano_ceil
@@ -52,7 +52,6 @@ _CHARS_PER_TOKEN = 4
 _RESPONSES_MIN_OUTPUT = 16
 """The Responses API's least output cap: LiteLLM raises a smaller one to it where it sends a route
 there (/v1/messages to a non-Anthropic model, chat to an ``openai/responses/...`` deployment)."""
-_FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 _TOKENS = TokenCounter()
 _RERANK_DOCS_PER_SEARCH = 100
 _RERANK_CHUNK_TOKENS = 500
@@ -198,7 +197,7 @@ def _request_fallbacks(data: Mapping[str, Any]) -> list[Any]:
     """The request's own fallbacks of every kind the router honours (each replaces the router's
     setting of its kind for this call)."""
     found: list[Any] = []
-    for field in _FALLBACK_FIELDS:
+    for field in FALLBACK_KINDS:
         value = data.get(field)
         if isinstance(value, (list, tuple)):
             found.extend(value)

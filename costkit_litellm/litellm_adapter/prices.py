@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 RouterGetter = Callable[[], Any]
 SERVICE_TIERS = ("flex", "priority")
 """OpenAI's service tiers priced apart in LiteLLM's price map (``auto`` is priced at the dearest)."""
-_FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+FALLBACK_KINDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+"""The router's fallback settings, and the request fields of the same names that replace them per call."""
 
 
 _PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "input_cost_per_character", "input_cost_per_second")
@@ -101,7 +102,7 @@ class LiteLLMPriceSource:
         router = self._router()
         graph: dict[str, list[str]] = {}
         defaults: list[str] = []
-        for setting in _FALLBACK_SETTINGS:
+        for setting in FALLBACK_KINDS:
             for entry in (getattr(router, setting, None) or []) if router is not None else []:
                 if isinstance(entry, Mapping):
                     for group, targets in entry.items():

@@ -356,9 +356,8 @@ class RedisStore:
             if int(reply[0]) >= 0:
                 return FinishResult(committed=int(reply[0]) == 1, released=int(reply[1]) == 1)
             spec = await self._call("HGET", keys[0], "limits")
-            held = [(key, windows) for key, *windows in _parse_spec(spec or "")]
-            args = [*head, spec or "", *_role_args("c", [_window_args(limit) for limit in limits])]
-            args += [v for _, windows in held for v in ("r", *windows)]
+            held = [(key, held_window) for key, *held_window in _parse_spec(spec or "")]
+            args = [*head, spec or "", *_role_args("c", windows), *_role_args("r", [w for _, w in held])]
             redis_keys = keys + both + [k for key, _ in held for k in self._limit_keys(key)]
             reply = await self._eval("commit_release", redis_keys, args)
         if int(reply[0]) >= 0:

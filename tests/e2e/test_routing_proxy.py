@@ -46,28 +46,32 @@ def routed(proxy_factory: ProxyPool) -> ProxyServer:
     return proxy_factory("routing-decisions", enable_costkit(config, costkit))
 
 
-@pytest.fixture(scope="module")
-def cascading(proxy_factory: ProxyPool, fake_provider: FakeProvider, redis_server: RedisServer) -> ProxyServer:
-    """Every `auto` request goes to premium through a cascade from a FakeProvider economy tier."""
-    config = base_config(
-        [
-            openai_deployment("mini", fake_provider.base_url, "openai/gpt-4o-mini"),
-            mock_deployment("big", '{"answer": "premium"}', "openai/gpt-4o"),
-        ],
-        num_retries=0,
-    )
-    costkit = {
-        "redis_url": redis_server.url,
+def cascade_config(economy: dict[str, Any], redis_url: str, **costkit: Any) -> dict[str, Any]:
+    """Every `auto` request goes to premium (a mock) through a cascade from the ``economy`` deployment."""
+    config = base_config([economy, mock_deployment("big", '{"answer": "premium"}', "openai/gpt-4o")], num_retries=0)
+    section = {
+        "redis_url": redis_url,
         "key_prefix": "routing-e2e",
         "routing": {
             "enabled": True,
             "threshold": 0.0,
-            "tiers": [{"name": "economy", "model": "mini"}, {"name": "premium", "model": "big", "cascade": True}],
+            "tiers": [
+                {"name": "economy", "model": economy["model_name"]},
+                {"name": "premium", "model": "big", "cascade": True},
+            ],
             "validators": {"regexes": ["APPROVED"]},
         },
         "budgets": [{"name": "cascade-total", "scope": "global", "limit_usd": 10, "window": "total"}],
+        **costkit,
     }
-    return proxy_factory("routing-cascade", enable_costkit(config, costkit))
+    return enable_costkit(config, section)
+
+
+@pytest.fixture(scope="module")
+def cascading(proxy_factory: ProxyPool, fake_provider: FakeProvider, redis_server: RedisServer) -> ProxyServer:
+    """Every `auto` request goes to premium through a cascade from a FakeProvider economy tier."""
+    economy = openai_deployment("mini", fake_provider.base_url, "openai/gpt-4o-mini")
+    return proxy_factory("routing-cascade", cascade_config(economy, redis_server.url))
 
 
 def ask(proxy: ProxyServer, content: str, model: str = "auto", **extra: Any) -> httpx.Response:
@@ -184,26 +188,9 @@ def self_hosted_cascade(
     proxy_factory: ProxyPool, fake_provider: FakeProvider, redis_server: RedisServer
 ) -> ProxyServer:
     """A cascade whose economy tier is a self-hosted model LiteLLM has no price for, priced by pricing.models."""
-    config = base_config(
-        [
-            openai_deployment("selfhosted", fake_provider.base_url, "hosted_vllm/mymodel"),
-            mock_deployment("big", '{"answer": "premium"}', "openai/gpt-4o"),
-        ],
-        num_retries=0,
-    )
-    costkit = {
-        "redis_url": redis_server.url,
-        "key_prefix": "routing-e2e",
-        "pricing": {"models": {"selfhosted": {"input_usd_per_million_tokens": 2, "output_usd_per_million_tokens": 8}}},
-        "routing": {
-            "enabled": True,
-            "threshold": 0.0,
-            "tiers": [{"name": "economy", "model": "selfhosted"}, {"name": "premium", "model": "big", "cascade": True}],
-            "validators": {"regexes": ["APPROVED"]},
-        },
-        "budgets": [{"name": "cascade-total", "scope": "global", "limit_usd": 10, "window": "total"}],
-    }
-    return proxy_factory("routing-cascade-selfhosted", enable_costkit(config, costkit))
+    economy = openai_deployment("selfhosted", fake_provider.base_url, "hosted_vllm/mymodel")
+    pricing = {"models": {"selfhosted": {"input_usd_per_million_tokens": 2, "output_usd_per_million_tokens": 8}}}
+    return proxy_factory("routing-cascade-selfhosted", cascade_config(economy, redis_server.url, pricing=pricing))
 
 
 async def test_an_escalated_cheap_answer_is_charged_at_its_configured_price(

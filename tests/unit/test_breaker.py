@@ -56,6 +56,19 @@ ALICE = {"api_key_hash": "hash-alice", "user_id": "alice", "key_user_id": "alice
 BOB = {"api_key_hash": "hash-bob", "user_id": "bob", "key_user_id": "bob", "team_id": "team-b"}
 
 
+async def spend(kit: CostKit, admission: Admission, nano: int) -> None:
+    """Record the admitted call as a success that cost ``nano``."""
+    outcome = Outcome(
+        kind="success",
+        context=admission.context,
+        model="m",
+        deployment_model=None,
+        cost=Nano(nano),
+        state=admission.state,
+    )
+    await kit.record(outcome)
+
+
 def search(query: str, n: int) -> dict[str, Any]:
     return {
         "role": "assistant",
@@ -139,16 +152,7 @@ class TestLimits:
         """A session that spent its cap is refused with agent_budget_exceeded."""
         kit, _, _ = make_kit(max_spend_usd="0.0003", loop_threshold=100)
         first = await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "a"}])
-        await kit.record(
-            Outcome(
-                kind="success",
-                context=first.context,
-                model="m",
-                deployment_model=None,
-                cost=Nano(200_000),
-                state=first.state,
-            )
-        )
+        await spend(kit, first, 200_000)
         with pytest.raises(RequestRejected) as info:
             await kit.admit(ctx(), 100, messages=[{"role": "user", "content": "b"}])
         assert (
@@ -258,16 +262,7 @@ class TestCallerScope:
         """Bob's spend on Alice's session id is on Bob's session cap; Alice's first call is admitted."""
         kit, _, _ = make_kit(max_spend_usd="0.0003", loop_threshold=100)
         first = await kit.admit(ctx(**BOB), 100, messages=[{"role": "user", "content": "a"}])
-        await kit.record(
-            Outcome(
-                kind="success",
-                context=first.context,
-                model="m",
-                deployment_model=None,
-                cost=Nano(300_000),
-                state=first.state,
-            )
-        )
+        await spend(kit, first, 300_000)
         with pytest.raises(RequestRejected, match="spent"):
             await kit.admit(ctx(**BOB), 100, messages=[{"role": "user", "content": "b"}])
         admission = await kit.admit(ctx(**ALICE), 100, messages=[{"role": "user", "content": "b"}])

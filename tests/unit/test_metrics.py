@@ -142,15 +142,22 @@ def series(registry: CollectorRegistry) -> int:
     return sum(len(f.samples) for f in registry.collect() if f.name.startswith("costkit_"))
 
 
-def tagged(model: str, team: str | None, key: str, attributes: dict[str, str] | None = None) -> UsageEvent:
+def tagged(
+    model: str,
+    team: str | None,
+    key: str,
+    attributes: dict[str, str] | None = None,
+    outcome: str = "success",
+    cost_nano: int = 1_000,
+) -> UsageEvent:
     """A priced event from ``key`` of ``team`` with the client's ``attributes``."""
     return UsageEvent(
         call_id="c",
-        outcome="success",
+        outcome=outcome,
         timestamp=0.0,
         request_model=model,
         model=model,
-        cost_nano=1_000,
+        cost_nano=cost_nano,
         team=team,
         api_key_hash=key,
         attributes=attributes or {},
@@ -259,19 +266,7 @@ class TestTagLabels:
             ["feature", "team"], 5, registry=registry, models=MODELS, max_label_values_per_tenant=2
         )
         for model, team, key, attributes, outcome in sent:
-            metrics.record(
-                UsageEvent(
-                    call_id="c",
-                    outcome=outcome,
-                    timestamp=0.0,
-                    request_model=model,
-                    model=model,
-                    cost_nano=1,
-                    team=team,
-                    api_key_hash=key,
-                    attributes=attributes,
-                )
-            )
+            metrics.record(tagged(model, team, key, attributes, outcome=outcome, cost_nano=1))
         assert label_values(registry, "model") <= {"m", "other", "unknown"}
         assert label_values(registry, "team") <= {"team-a", "team-b", "none"}
         assert len(label_values(registry, "feature")) <= 5 + 2
