@@ -115,17 +115,21 @@ JWT_KEY_PREFIX = "hashed-jwt-"
 def caller_scope(context: RequestContext) -> str:
     """Who owns the request's session counters: the API key hash when there is one.
 
-    Without a key, or with a JWT (LiteLLM hashes each token: a refreshed token would start the
-    session's counters again): the token's or key's team and user (authenticated), else the user the
+    With a JWT that names its user (LiteLLM hashes each token, so a refreshed token would start the
+    session's counters again): that user alone (``jwt_user=``; not the team, which a caller in
+    several teams picks per request, and two users of one team must not share). Without a key: the
+    key's team and user (authenticated), else the user the
     client declared (``metadata.user_id``: only where nothing authenticates, as with a Router in
     application code), else ``anonymous``. Every form is distinct (values are escaped, so a
     ``key=...`` never equals a ``team=...``) and stable for one caller.
     """
+    jwt = context.api_key_hash is not None and context.api_key_hash.startswith(JWT_KEY_PREFIX)
+    if jwt and context.key_user_id:  # the token's subject: stable across refreshes and across its teams
+        return f"jwt_user={escaped_key_part(context.key_user_id)}"
+    if context.api_key_hash:
+        return f"key={escaped_key_part(context.api_key_hash)}"
     named = (("team", context.team_id), ("user", context.key_user_id))
     authenticated = [f"{name}={escaped_key_part(value)}" for name, value in named if value]
-    jwt = context.api_key_hash is not None and context.api_key_hash.startswith(JWT_KEY_PREFIX)
-    if context.api_key_hash and not (jwt and authenticated):
-        return f"key={escaped_key_part(context.api_key_hash)}"
     if authenticated:
         return ",".join(authenticated)
     if context.user_id:

@@ -206,17 +206,24 @@ class TestCallerScope:
         """No key: the key's team and user (not the client's claim), else the declared user, else anonymous."""
         assert caller_scope(ctx(**identity)) == scope
 
-    def test_a_jwt_is_scoped_by_its_team_and_user_so_a_refreshed_token_keeps_the_counters(self) -> None:
-        """LiteLLM reports each JWT as its own key hash (hashed-jwt-...): with the token's team or user the
-        session is theirs, so a refreshed token does not start its counters again; a bare JWT keeps its hash."""
+    def test_a_jwt_is_scoped_by_its_user_so_a_refreshed_token_keeps_the_counters(self) -> None:
+        """LiteLLM reports each JWT as its own key hash (hashed-jwt-...): a token naming its user scopes the
+        session by that user alone, so a refreshed token keeps counting it, another team the same user picks
+        does not split it, and two users of one team never share it; a token without a user keeps its hash."""
         first, refreshed = "hashed-jwt-" + "a" * 64, "hashed-jwt-" + "b" * 64
-        identity = {"team_id": "t", "key_user_id": "u"}
-        assert caller_scope(ctx(api_key_hash=first, **identity)) == "team=t,user=u"
-        assert session_key(ctx(api_key_hash=first, **identity), "s") == session_key(
-            ctx(api_key_hash=refreshed, **identity), "s"
+        assert caller_scope(ctx(api_key_hash=first, team_id="t1", key_user_id="u")) == "jwt_user=u"
+        assert session_key(ctx(api_key_hash=first, team_id="t1", key_user_id="u"), "s") == session_key(
+            ctx(api_key_hash=refreshed, team_id="t2", key_user_id="u"), "s"
         )
-        assert caller_scope(ctx(api_key_hash=first)) == f"key={first}"
-        assert caller_scope(ctx(api_key_hash="sk-hash", **identity)) == "key=sk-hash"
+        assert caller_scope(ctx(api_key_hash=first, team_id="t", key_user_id="u")) != caller_scope(
+            ctx(api_key_hash=refreshed, team_id="t", key_user_id="v")
+        )
+        assert caller_scope(ctx(api_key_hash=first, team_id="t")) == f"key={first}"
+        assert caller_scope(ctx(api_key_hash=refreshed, team_id="t")) != caller_scope(
+            ctx(api_key_hash=first, team_id="t")
+        )
+        assert caller_scope(ctx(api_key_hash="sk-hash", team_id="t", key_user_id="u")) == "key=sk-hash"
+        assert caller_scope(ctx(api_key_hash=first, key_user_id="u")) != caller_scope(ctx(key_user_id="u"))
 
     def test_no_two_callers_forms_collide(self) -> None:
         """Values that look like another form's separators are escaped, so distinct callers get distinct scopes."""
