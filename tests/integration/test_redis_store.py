@@ -130,12 +130,15 @@ class TestKeys:
         for i in range(5):
             limits = [Limit("spent", 10, expires_at=day), Limit(f"user:u{i}", 1000, expires_at=day)]
             assert not (await store.reserve(f"c{i}", 100, limits, 30)).ok
+        assert (await store.reserve("dup", 5, [Limit("held", 100)], 30)).ok
+        assert (await store.reserve("dup", 5, [Limit("held", 100), Limit("fresh", 100)], 30)).collision
         assert [(u.committed, u.reserved) for u in await store.usage(["never", Limit("roll", 9, window_s=60)])] == [
             (0, 0),
             (0, 0),
         ]
         server = request.getfixturevalue("redis_cluster_server" if cluster else "redis_server")
-        assert raw(server, "KEYS", f"{key_prefix}:{{lim:*") == []
+        held = {f"{key_prefix}:{{lim:held}}:{suffix}" for suffix in ("s", "l", "a")}
+        assert set(raw(server, "KEYS", f"{key_prefix}:{{lim:*")) == held
 
     async def test_a_hash_left_holding_m_alone_is_deleted_when_read(self, make_redis_store, redis_server, key_prefix):
         """Such a hash, left by an earlier version, is deleted by the next script that reads it."""

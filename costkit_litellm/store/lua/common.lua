@@ -153,23 +153,23 @@ local function refresh(s, l, a, now, w, bl)
   if w == nil or w <= 0 then
     w, bl = tonumber(stored[2] or '0'), tonumber(stored[3] or '0')
   end
+  -- S exists when it holds c or r (every write of a limit counts one of them). Without them there is
+  -- no lease and nothing to write: a read of a limit never written (a refused reserve names every
+  -- limit of the call, some made of ids the client chose) must leave no key behind. A hash holding
+  -- m alone, left by such reads before, is deleted.
+  if not (stored[4] or stored[5]) then
+    if stored[6] then
+      redis.call('DEL', s)
+    end
+    return w, bl, 0, 0, 0, -1, false
+  end
   local keep = 0
   if w > 0 then
     keep = math.floor((now - w) / bl)
   end
   local m = tonumber(stored[6] or '')
   local m_stored = m ~= nil
-  -- S exists when it holds c or r (every write of a limit counts one of them). Without them there is
-  -- no lease and nothing to write: a read of a limit never written (a refused reserve names every
-  -- limit of the call, some made of ids the client chose) must leave no key behind. A hash holding
-  -- m alone, left by such reads before, is deleted.
-  local exists = stored[4] or stored[5]
-  if not exists then
-    if m_stored then
-      redis.call('DEL', s)
-    end
-    m, m_stored = -1, false
-  elseif m == nil or (m >= 0 and m <= now) then
+  if m == nil or (m >= 0 and m <= now) then
     while true do
       local expired = redis.call('ZRANGEBYSCORE', l, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 500)
       if #expired == 0 then
@@ -215,9 +215,7 @@ local function refresh(s, l, a, now, w, bl)
       c, r = usage_of(s)
     end
     if c == 0 and r == 0 and (m < 0 or redis.call('ZCARD', l) == 0) then
-      if exists then
-        redis.call('DEL', s, l, a)
-      end
+      redis.call('DEL', s, l, a)
       return w, bl, 0, 0, 0, -1, false
     end
   end
