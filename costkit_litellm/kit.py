@@ -161,7 +161,11 @@ class CostKit:
                 BudgetStage(policy, self.store, lambda: self.pricing, self.metrics, self.config.redis_url)
             )
         self.accounting = AccountingStage(self.store, self.metrics, ledger=ledger.enabled, pricing=lambda: self.pricing)
-        self.webhook = WebhookForwarder(ledger.webhook, self.store) if ledger.webhook and ledger.enabled else None
+        self.webhook = (
+            WebhookForwarder(ledger.webhook, self.store, metrics=self.metrics)
+            if ledger.webhook and ledger.enabled
+            else None
+        )
         if self.webhook is not None:
             self.accounting.listeners.append(self.webhook.submit)
         self.stages.append(self.accounting)

@@ -22,6 +22,11 @@ class WebhookConfig(Section):
     """Most events per POST."""
     queue_size: Annotated[int, Field(ge=1)] = 100_000
     """Events waiting to be sent; beyond it new events go straight to the dead-letter record."""
+    dead_letter_max_events: Annotated[int, Field(ge=1)] | None = 100_000
+    """Most events kept in the dead-letter record (shared by every replica); beyond it the events
+    given up on are dropped from it, logged and counted (``costkit_webhook_events{result="dropped"}``),
+    and stay in the ledger stream. ``null``: no cap (a webhook that stays down then grows it with
+    every event, refusals included)."""
 
 
 class LedgerConfig(Section):

@@ -136,6 +136,13 @@ class CostKitMetrics:
             ["operation"],
             registry=registry,
         )
+        self.webhook_events = Counter(
+            "costkit_webhook_events",
+            "Ledger events the billing webhook forwarder handled, by result (sent, dead_lettered, dropped: "
+            "given up on while the dead-letter record was full).",
+            ["result"],
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "costkit_internal_errors",
             "Unexpected errors inside the pack's pre-call hook, by stage and what was done (refused, admitted).",

@@ -289,8 +289,10 @@ class Store(Protocol):
         """Forget a limit's committed spend and leases (operator's ``budgets reset``)."""
 
     # --- settings maps ------------------------------------------------------------------
-    async def map_set(self, name: str, field: str, value: str) -> None:
-        """Set ``field`` of the settings map ``name`` to ``value`` (creating the map)."""
+    async def map_set(self, name: str, field: str, value: str, max_fields: int | None = None) -> bool:
+        """Set ``field`` of the map ``name`` to ``value`` (creating the map); True when written.
+        With ``max_fields``, a new field is refused (False, nothing written) once the map holds
+        that many; an existing field is always overwritten. Atomic across replicas."""
 
     async def map_delete(self, name: str, field: str) -> bool:
         """Remove ``field`` from the map ``name``; False when it was not there."""

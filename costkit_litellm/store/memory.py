@@ -228,9 +228,15 @@ class MemoryStore:
         self._limits.pop(key, None)
 
     # --- settings maps ------------------------------------------------------------------
-    async def map_set(self, name: str, field: str, value: str) -> None:
-        """Set one field of a settings map."""
-        self._maps.setdefault(name, {})[field] = value
+    async def map_set(self, name: str, field: str, value: str, max_fields: int | None = None) -> bool:
+        """Set one field of a map, unless it is new and the map already holds ``max_fields``."""
+        fields = self._maps.setdefault(name, {})
+        if max_fields is not None and field not in fields and len(fields) >= max_fields:
+            if not fields:
+                del self._maps[name]
+            return False
+        fields[field] = value
+        return True
 
     async def map_delete(self, name: str, field: str) -> bool:
         """Remove one field; False when it was not there."""

@@ -95,6 +95,7 @@ _SCRIPTS: Final = (
     "get",
     "ledger_append_many",
     "ledger_read",
+    "map_set_capped",
 )
 _ERRORS: Final = (RedisError, RedisClusterException, OSError)
 LEDGER_PAGE: Final = 1000
@@ -392,9 +393,13 @@ class RedisStore:
         await self._call("DEL", *self._limit_keys(key))
 
     # --- settings maps ------------------------------------------------------------------
-    async def map_set(self, name: str, field: str, value: str) -> None:
-        """Set one field of a settings map (``HSET P:map:<name>``)."""
-        await self._call("HSET", self._key("map", name), field, value)
+    async def map_set(self, name: str, field: str, value: str, max_fields: int | None = None) -> bool:
+        """Set one field of a map (``HSET P:map:<name>``); with ``max_fields``, through
+        ``map_set_capped.lua`` (a new field only while ``HLEN`` is below the cap)."""
+        if max_fields is None:
+            await self._call("HSET", self._key("map", name), field, value)
+            return True
+        return int(await self._eval("map_set_capped", [self._key("map", name)], [field, value, str(max_fields)])) == 1
 
     async def map_delete(self, name: str, field: str) -> bool:
         """Remove one field; False when it was not there."""

@@ -117,3 +117,41 @@ class TestWebhook:
         dead = await kit.store.map_get_all(DEAD_LETTER)
         assert sorted(dead) == sorted(f"call-{i}:success" for i in range(15))
         assert {json.loads(v)["error"] for v in dead.values()} == {"not sent before shutdown"}
+
+    async def test_the_dead_letter_record_keeps_at_most_its_cap(self, receiver: tuple[Receiver, str]) -> None:
+        """With dead_letter_max_events 5, 12 events given up on keep 5 in the record; the other 7 are counted
+        as dropped (attribute and metric) and every one of the 12 is still in the ledger."""
+        target, url = receiver
+        target.always_fail = True
+        registry = CollectorRegistry()
+        config = parse_config({"ledger": {"webhook": {"url": url, "max_attempts": 1, "dead_letter_max_events": 5}}})
+        kit = CostKit(config, store=MemoryStore(), registry=registry)
+        for i in range(12):
+            await kit.record(outcome(i))
+        await kit.close()
+        assert len(await kit.store.map_get_all(DEAD_LETTER)) == 5
+        assert kit.webhook is not None
+        assert (kit.webhook.dead, kit.webhook.dropped) == (5, 7)
+        assert registry.get_sample_value("costkit_webhook_events_total", {"result": "dead_lettered"}) == 5
+        assert registry.get_sample_value("costkit_webhook_events_total", {"result": "dropped"}) == 7
+        ledger = await kit.store.ledger_read()
+        assert len(ledger) == 12 and all(any(f"call-{i}" in e.entry_id for e in ledger) for i in range(12))
+
+    async def test_replicas_sharing_redis_keep_the_cap_together(
+        self, receiver: tuple[Receiver, str], make_redis_store: Any
+    ) -> None:
+        """Two replicas on one Redis giving up on 20 events each at once keep exactly dead_letter_max_events
+        (7) fields in the shared record: the cap is decided by one script, not by each process."""
+        target, url = receiver
+        target.always_fail = True
+        config = parse_config({"ledger": {"webhook": {"url": url, "max_attempts": 1, "dead_letter_max_events": 7}}})
+        kits = [
+            CostKit(config, store=await make_redis_store(), registry=CollectorRegistry()),
+            CostKit(config, store=await make_redis_store(), registry=CollectorRegistry()),
+        ]
+        await asyncio.gather(*(kit.record(outcome(100 * n + i)) for n, kit in enumerate(kits) for i in range(20)))
+        await asyncio.gather(*(kit.close() for kit in kits))
+        reader = await make_redis_store()
+        assert len(await reader.map_get_all(DEAD_LETTER)) == 7
+        assert sum(kit.webhook.dead for kit in kits if kit.webhook) == 7
+        assert sum(kit.webhook.dropped for kit in kits if kit.webhook) == 33

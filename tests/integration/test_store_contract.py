@@ -638,6 +638,18 @@ class TestSettingsMaps:
         assert await store.map_get_all("overrides") == {"team:b": "7"}
         assert await store.map_get_all("other") == {"team:a": "1"}
 
+    async def test_a_capped_map_refuses_new_fields_once_full_and_still_overwrites(self, store):
+        """With max_fields, a new field is refused (False, nothing written) once the map is full; an existing
+        field is still overwritten; other maps and an uncapped set are unaffected."""
+        assert await store.map_set("dead", "a", "1", max_fields=2)
+        assert await store.map_set("dead", "b", "2", max_fields=2)
+        assert not await store.map_set("dead", "c", "3", max_fields=2)
+        assert await store.map_set("dead", "a", "1b", max_fields=2)
+        assert await store.map_get_all("dead") == {"a": "1b", "b": "2"}
+        assert await store.map_set("other", "c", "3", max_fields=1)
+        assert await store.map_set("dead", "c", "3")  # no cap: the caller's choice
+        assert await store.map_get_all("dead") == {"a": "1b", "b": "2", "c": "3"}
+
     async def test_returned_map_is_a_copy(self, store):
         """Changing the returned dict does not change the stored map."""
         await store.map_set("m", "k", "v")
