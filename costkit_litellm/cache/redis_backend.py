@@ -11,25 +11,36 @@ Layout (``P`` = prefix, ``V`` = ``SCHEMA_VERSION``)::
     P:cache:vV:e:<entry id>   hash    scope, tenant, text, response (JSON), cost, model,
                                       stored_at, vector (float32 bytes; absent: exact-only entry)
     P:cache:vV:order          zset    entry id -> stored_at  (expiry trim and oldest-first eviction)
-    P:cache:vV:s:<scope>      string  "1" while the scope may hold an entry with a vector: set with
-                                      every such entry, in the same transaction, for the same TTL
+    P:cache:vV:s:<scope>      string  number of live entries with a vector in the scope (absent: none),
+                                      TTL renewed to the cache's with each of them
     P:cache:vV:stats          hash    hit, miss, skip, saved_nano
     P:cache:vV:<algo>:<dims>  index   over P:cache:vV:e:  (scope and tenant TAGs, COSINE vector)
 
 The exact lookup is a plain ``HGETALL`` (no index involved, no embedding needed), pipelined with
 an ``EXISTS`` of the scope's marker: a scope without one has no entry to search, so the stage skips
-the embedding and the vector query of that miss. The marker's TTL is renewed by every store in the
-scope, so it outlives each of the scope's entries: a missing marker is never wrong, across any
-number of replicas; a marker whose entries were evicted or cleared only costs one needless search.
-Entries written by code older than the marker are served by exact lookups, and by vector lookups
-again once their scope gets a new entry. The index is
+the embedding and the vector query of that miss. One script (``_PUT``) stores an entry and keeps
+the count: it uncounts the entry it replaces, counts the new one if it has a vector (renewing the
+marker's TTL, so the marker outlives each of the scope's entries), and uncounts each entry it
+evicts beyond ``max_entries``; a marker reaching 0 is deleted. ``clear(tenant)`` uncounts each
+entry it deletes (``_DROP``, one script per entry, which also checks the tenant); ``clear()``
+deletes every marker. So the markers number at most the scopes holding a live entry with a
+vector (at most ``max_entries``), plus markers left counting entries that expired by TTL (an
+expired hash no longer names its scope, so nothing uncounts it): such a marker costs needless
+searches until it expires, ``ttl_s`` after its scope's last store. The markers are shared by
+every replica, and one is missing while its scope holds an entry with a vector only for entries
+older than the count: a marker holding "1" (code older than the count set it for every entry) is
+a count of one, so such a scope may lose it before its last entry is evicted, and entries older
+than the marker never had one. They are still served by exact lookups, and by vector lookups
+again once their scope gets a new entry: a missing marker misses semantic hits, never answers
+wrong. The index is
 created on the first vector lookup or store, once per dimension count (taken from the embedder's
 vectors); its name carries the schema version, the algorithm and the dimensions, so a flat and an
 hnsw index, or two embedders, coexist during a rolling change instead of dropping each other. An
 index found under our name with another layout (written by older code) is dropped with its
 documents and created again: logged, never a crash. Entries expire with ``EXPIRE`` (fixed, set
 once); the order zset is trimmed of expired ids and popped oldest-first beyond ``max_entries``.
-Not for Redis Cluster (vector search there needs the coordinator).
+Not for Redis Cluster (vector search there needs the coordinator; the scripts also touch keys
+they are not passed: a marker and the entries they evict).
 """
 
 from __future__ import annotations
@@ -61,6 +72,63 @@ SCHEMA_VERSION: Final = 1
 _ERRORS: Final = (RedisError, RedisVLError, OSError)
 _MAX_CONNECTIONS: Final = 64
 _RETURN: Final = ["scope", "tenant", "text", "response", "cost", "model", "stored_at", "vector"]
+
+_RELEASE: Final = """
+-- the entry at key stops counting in its scope's marker if it has a vector; the marker goes at 0.
+-- EXISTS first: a missing marker (lost to clear(), or expired early under a shorter ttl_s) is not
+-- written at all (a DECR would make it -1, deleted at once).
+local function release(key, marker_prefix)
+  if redis.call('HEXISTS', key, 'vector') == 0 then return end
+  local scope = redis.call('HGET', key, 'scope')
+  if not scope then return end
+  local marker = marker_prefix .. scope
+  if redis.call('EXISTS', marker) == 1 and redis.call('DECR', marker) <= 0 then
+    redis.call('DEL', marker)
+  end
+end
+"""
+_PUT: Final = (
+    _RELEASE
+    + """
+-- KEYS: entry, order zset, the entry's scope marker. ARGV: entry prefix, marker prefix, ttl_s,
+-- expiry cutoff, max_entries, entry id, stored_at, "1" if the entry has a vector, field, value...
+-- Returns how many entries were evicted.
+local entry, order, marker = KEYS[1], KEYS[2], KEYS[3]
+local entry_prefix, marker_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
+release(entry, marker_prefix)  -- a replaced entry stops counting (and must not keep its old vector)
+redis.call('DEL', entry)
+redis.call('HSET', entry, unpack(ARGV, 9))
+redis.call('EXPIRE', entry, ttl)
+redis.call('ZADD', order, ARGV[7], ARGV[6])
+if ARGV[8] == '1' then  -- renewed: the marker outlives each of the scope's entries
+  redis.call('INCR', marker)
+  redis.call('EXPIRE', marker, ttl)
+end
+redis.call('ZREMRANGEBYSCORE', order, '-inf', ARGV[4])
+local excess = redis.call('ZCARD', order) - tonumber(ARGV[5])
+local evicted = 0
+if excess > 0 then
+  local popped = redis.call('ZPOPMIN', order, excess)
+  for i = 1, #popped, 2 do
+    local key = entry_prefix .. popped[i]
+    release(key, marker_prefix)
+    evicted = evicted + redis.call('UNLINK', key)
+  end
+end
+return evicted
+"""
+)
+_DROP: Final = (
+    _RELEASE
+    + """
+-- KEYS: entry, order zset. ARGV: marker prefix, entry id, tenant. Deletes the entry if it is the
+-- tenant's, uncounting it from its scope's marker; returns 1 if it did.
+if (redis.call('HGET', KEYS[1], 'tenant') or '') ~= ARGV[3] then return 0 end
+release(KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return redis.call('UNLINK', KEYS[1])
+"""
+)
 
 
 def _text(value: Any) -> str:
@@ -97,6 +165,8 @@ class RedisCache:
         self._timeout = timeout_s
         self._clock = clock
         self._client: Any = None
+        self._put_script: Any = None
+        self._drop_script: Any = None
         # redis-py's async pool raises when exhausted; queue excess commands here instead.
         self._in_flight = asyncio.Semaphore(_MAX_CONNECTIONS)
         self._indexes: dict[int, AsyncSearchIndex] = {}
@@ -123,6 +193,9 @@ class RedisCache:
                 socket_connect_timeout=self._timeout,
                 max_connections=_MAX_CONNECTIONS,
             )
+            # AsyncScript: EVALSHA, loading the script again after NOSCRIPT (a restarted server)
+            self._put_script = self._client.register_script(_PUT)
+            self._drop_script = self._client.register_script(_DROP)
 
     async def close(self) -> None:
         """Close the client; the indexes share it and are forgotten."""
@@ -286,39 +359,37 @@ class RedisCache:
         return found
 
     async def put(self, entry: CacheEntry) -> None:
-        """Write the hash with its fixed TTL and index it; then evict the oldest beyond the cap."""
-        mapping: dict[str, Any] = {
-            "scope": entry.scope,
-            "tenant": entry.tenant,
-            "text": entry.text,
-            "response": json.dumps(entry.response, separators=(",", ":"), default=str),
-            "cost": "" if entry.cost_nano is None else str(entry.cost_nano),
-            "model": entry.model,
-            "stored_at": repr(entry.stored_at),
-        }
+        """Write the hash with its fixed TTL, count it in its scope's marker and evict the oldest beyond
+        the cap: one script (``_PUT``), after creating the index for a vector."""
+        fields: list[Any] = [
+            "scope", entry.scope,
+            "tenant", entry.tenant,
+            "text", entry.text,
+            "response", json.dumps(entry.response, separators=(",", ":"), default=str),
+            "cost", "" if entry.cost_nano is None else str(entry.cost_nano),
+            "model", entry.model,
+            "stored_at", repr(entry.stored_at),
+        ]  # fmt: skip
         if entry.vector is not None:
-            vector = np.asarray(entry.vector, dtype=np.float32).reshape(-1)
-            mapping["vector"] = vector.tobytes()
-        key = self._key(entry.entry_id)
+            fields += ["vector", np.asarray(entry.vector, dtype=np.float32).reshape(-1).tobytes()]
         try:
             if entry.vector is not None:
-                await self._index(len(mapping["vector"]) // 4)
+                await self._index(len(fields[-1]) // 4)
             client = await self._redis()
-            async with self._in_flight, client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)  # a replaced entry must not keep the old vector
-                pipe.hset(key, mapping=mapping)
-                pipe.expire(key, self._ttl)
-                pipe.zadd(self._order, {entry.entry_id: entry.stored_at})
-                if entry.vector is not None:  # the scope has something to search, for as long as this entry
-                    pipe.set(self._marker_prefix + entry.scope, b"1", ex=self._ttl)
-                pipe.zremrangebyscore(self._order, "-inf", self._clock() - self._ttl)
-                pipe.zcard(self._order)
-                *_, size = await pipe.execute()
-            if size > self._max:
-                async with self._in_flight:
-                    evicted = await client.zpopmin(self._order, size - self._max)
-                    if evicted:
-                        await client.unlink(*(self._key(_text(member)) for member, _ in evicted))
+            keys = [self._key(entry.entry_id), self._order, self._marker_prefix + entry.scope]
+            args = [
+                self._entry_prefix,
+                self._marker_prefix,
+                str(self._ttl),
+                repr(self._clock() - self._ttl),
+                str(self._max),
+                entry.entry_id,
+                repr(entry.stored_at),
+                "0" if entry.vector is None else "1",
+                *fields,
+            ]
+            async with self._in_flight:
+                await self._put_script(keys=keys, args=args, client=client)
         except _ERRORS as exc:
             self._indexes.clear()
             raise self._fail("put", exc) from exc
@@ -356,15 +427,19 @@ class RedisCache:
         )
 
     async def clear(self, tenant: str | None = None) -> int:
-        """Delete every entry (SCAN over the entry keys), or those of one tenant."""
+        """Delete every entry (SCAN over the entry keys) and every marker, or one tenant's entries, each
+        uncounted from its scope's marker by one script (``_DROP``) that checks the tenant first."""
         removed = 0
         try:
             client = await self._redis()
             async for key in client.scan_iter(match=f"{self._entry_prefix}*", count=500):
-                if tenant is not None and _text(await client.hget(key, "tenant") or b"") != tenant:
+                entry_id = _text(key)[len(self._entry_prefix) :]
+                if tenant is not None:
+                    args = [self._marker_prefix, entry_id, tenant]
+                    removed += int(await self._drop_script(keys=[key, self._order], args=args, client=client))
                     continue
                 removed += await client.unlink(key)
-                await client.zrem(self._order, _text(key)[len(self._entry_prefix) :])
+                await client.zrem(self._order, entry_id)
             if tenant is None:
                 await client.delete(self._order)
                 async for key in client.scan_iter(match=f"{self._marker_prefix}*", count=500):

@@ -316,7 +316,7 @@ class CacheBackend(Protocol):
         """``get(entry_id)``, and whether ``scope`` may hold an entry with a vector, in one round trip.
 
         ``False`` is a promise that ``search`` in the scope would find nothing now (so the caller
-        need not embed the question); ``True`` may be stale (the entries expired or were evicted).
+        need not embed the question); ``True`` may be stale (the entries expired).
         An entry stored by any replica makes its scope ``True`` at once, until its TTL ends."""
 
     async def search(self, scope: str, vector: Vectors, k: int, min_similarity: float) -> list[Candidate]:

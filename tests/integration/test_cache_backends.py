@@ -10,13 +10,18 @@ import argparse
 import asyncio
 import json
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redisvl.index import AsyncSearchIndex
 
 from costkit_litellm.cache.cli import add_cache_parser, run_cache
@@ -82,6 +87,24 @@ async def make_backend(request: pytest.FixtureRequest, key_prefix: str) -> Async
     yield factory
     for backend in made:
         await backend.close()
+
+
+@pytest.fixture
+async def raw_redis(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A plain client of the session's server, to read keys the way an operator would."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def markers(client: Any, prefix: str) -> dict[str, tuple[int, int]]:
+    """Every scope marker under ``prefix`` (found by SCAN): scope -> (value, TTL in seconds)."""
+    root = f"{prefix}:cache:v1:s:"
+    found = {}
+    async for key in client.scan_iter(match=f"{root}*", count=500):
+        value, ttl = await client.get(key), await client.ttl(key)
+        found[key.decode()[len(root) :]] = (int(value), int(ttl))
+    return found
 
 
 class TestContract:
@@ -226,6 +249,163 @@ class TestScopeMarker:
         finally:
             await one.close()
             await two.close()
+
+    async def test_a_scope_whose_entries_were_all_evicted_is_unmarked(self, make_backend: Factory) -> None:
+        """With max_entries 10, 200 stores in 200 scopes leave only the newest 10 scopes searchable."""
+        backend = await make_backend(max_entries=10)
+        for i in range(200):
+            await backend.put(entry(f"e{i}", unit(i), scope=f"s{i}"))
+        marked = [i for i in range(200) if (await backend.lookup("none", f"s{i}"))[1]]
+        assert marked == list(range(190, 200))
+
+    async def test_a_scope_stays_marked_until_its_last_entry_is_evicted(self, make_backend: Factory) -> None:
+        """Evicting one of a scope's two entries keeps it searchable (the other is found); evicting both unmarks it."""
+        backend = await make_backend(max_entries=2)
+        await backend.put(entry("a1", unit(1), scope="a"))
+        await backend.put(entry("a2", unit(2), scope="a"))
+        await backend.put(entry("b1", unit(3), scope="b"))  # evicts a1
+        assert await backend.get("a1") is None
+        assert (await backend.lookup("none", "a"))[1] is True
+        assert [c.entry.entry_id for c in await backend.search("a", unit(2), 3, 0.9)] == ["a2"]
+        await backend.put(entry("b2", unit(4), scope="b"))  # evicts a2
+        assert (await backend.lookup("none", "a"))[1] is False
+        assert (await backend.lookup("none", "b"))[1] is True
+
+    async def test_a_replaced_entry_counts_once(self, make_backend: Factory) -> None:
+        """An id stored twice counts once (evicted, its scope is unmarked); moved or made exact-only, it leaves it."""
+        backend = await make_backend(max_entries=1)
+        await backend.put(entry("same", unit(1), scope="a"))
+        await backend.put(entry("same", unit(2), scope="a"))
+        await backend.put(entry("other", unit(3), scope="b"))  # evicts "same"
+        assert (await backend.lookup("none", "a"))[1] is False
+        await backend.put(entry("other", unit(3), scope="c"))
+        assert [(await backend.lookup("none", s))[1] for s in "bc"] == [False, True]
+        await backend.put(entry("other", None, scope="c"))
+        assert (await backend.lookup("other", "c"))[1] is False
+
+    async def test_evicting_an_exact_only_entry_leaves_the_scope_marked(self, make_backend: Factory) -> None:
+        """An exact-only entry never counted in its scope's marker, so its eviction leaves the scope searchable."""
+        backend = await make_backend(max_entries=2)
+        await backend.put(entry("long", None, scope="a"))
+        await backend.put(entry("short", unit(1), scope="a"))
+        await backend.put(entry("other", None, scope="b"))  # evicts "long"
+        assert await backend.get("long") is None
+        assert (await backend.lookup("none", "a"))[1] is True
+
+    async def test_clearing_a_tenant_unmarks_the_scopes_it_emptied(self, make_backend: Factory) -> None:
+        """clear(tenant) unmarks a scope it emptied of vector entries and keeps one still holding another's."""
+        backend = await make_backend()
+        await backend.put(entry("a1", unit(1), scope="only-a", tenant="A"))
+        await backend.put(entry("a2", unit(2), scope="shared", tenant="A"))
+        await backend.put(entry("b1", unit(3), scope="shared", tenant="B"))
+        assert await backend.clear("A") == 2
+        assert [(await backend.lookup("none", s))[1] for s in ("only-a", "shared")] == [False, True]
+
+
+class TestScopeMarkerKeys:
+    """The markers as Redis keys: one per scope holding an entry with a vector, holding their count, with a TTL."""
+
+    async def test_markers_are_bounded_by_the_entry_cap(
+        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+    ) -> None:
+        """With max_entries 10, 200 stores in 200 new scopes leave 10 entries and exactly 10 marker keys."""
+        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=10)
+        try:
+            for i in range(200):
+                await cache.put(entry(f"e{i}", unit(i), scope=f"s{i}"))
+            assert (await cache.stats()).entries == 10
+            found = await markers(raw_redis, key_prefix)
+            assert len(found) == 10
+            assert sorted(found) == sorted(f"s{i}" for i in range(190, 200))
+            assert {value for value, _ in found.values()} == {1}
+        finally:
+            await cache.close()
+
+    async def test_an_exact_only_entry_never_creates_a_marker(
+        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+    ) -> None:
+        """Storing, replacing and evicting exact-only entries (no vector) writes no marker key at all."""
+        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=3)
+        try:
+            for i in range(8):
+                await cache.put(entry(f"e{i % 5}", None, scope=f"s{i % 4}"))
+            assert (await cache.stats()).entries == 3
+            assert await markers(raw_redis, key_prefix) == {}
+        finally:
+            await cache.close()
+
+    async def test_every_marker_has_a_ttl(self, redis_server: RedisServer, raw_redis: Any, key_prefix: str) -> None:
+        """Every marker has a TTL of at most ttl_s (none is -1), also after evicting entries whose marker was lost."""
+        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=30, max_entries=4)
+        try:
+            for i in range(40):
+                await cache.put(entry(f"e{i % 7}", unit(i) if i % 3 else None, scope=f"s{i % 5}"))
+            found = await markers(raw_redis, key_prefix)
+            assert found and all(0 < ttl <= 30 for _, ttl in found.values()), found
+            await raw_redis.delete(*(f"{key_prefix}:cache:v1:s:{scope}" for scope in found))  # lost (a racing clear)
+            for i in range(4):  # evict the 4 entries above: no DECR of their missing markers (a -1 without TTL)
+                await cache.put(entry(f"n{i}", unit(100 + i), scope=f"n{i}"))
+            assert await markers(raw_redis, key_prefix) == {f"n{i}": (1, 30) for i in range(4)}
+        finally:
+            await cache.close()
+
+    async def test_a_marker_written_by_older_code_is_a_count_of_one(
+        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+    ) -> None:
+        """A marker "1" written by older code counts its entry: a second one makes it 2, evicting both deletes it."""
+        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=2)
+        marker = f"{key_prefix}:cache:v1:s:old"
+        try:
+            await cache.put(entry("o1", unit(1), scope="old"))
+            await raw_redis.set(marker, b"1", ex=60)
+            await cache.put(entry("o2", unit(2), scope="old"))
+            assert int(await raw_redis.get(marker)) == 2
+            await cache.put(entry("n1", unit(3), scope="new"))
+            await cache.put(entry("n2", unit(4), scope="new"))
+            assert await raw_redis.exists(marker) == 0
+            assert await markers(raw_redis, key_prefix) == {"new": (2, 60)}
+        finally:
+            await cache.close()
+
+    def test_markers_count_the_live_entries_with_a_vector(self, redis_server: RedisServer) -> None:
+        """After any stores and tenant clears, the markers are the scopes with a vector entry, with their counts."""
+
+        async def run(steps: list[tuple[Any, ...]]) -> None:
+            prefix = f"p{uuid.uuid4().hex[:12]}"
+            cache = RedisCache(redis_server.url, prefix=prefix, ttl_s=60, max_entries=3)
+            client = aioredis.Redis.from_url(redis_server.url)
+            try:
+                for number, step in enumerate(steps):
+                    if step[0] == "clear":
+                        await cache.clear(step[1])
+                    else:
+                        _, entry_id, scope, with_vector, tenant = step
+                        vector = unit(number) if with_vector else None
+                        await cache.put(entry(f"e{entry_id}", vector, scope=f"s{scope}", tenant=tenant))
+                    live: Counter[str] = Counter()
+                    stored = 0
+                    async for key in client.scan_iter(match=f"{prefix}:cache:v1:e:*", count=500):
+                        stored += 1
+                        if await client.hexists(key, "vector"):
+                            live[(await client.hget(key, "scope")).decode()] += 1
+                    found = await markers(client, prefix)
+                    assert stored <= 3
+                    assert {s: value for s, (value, _) in found.items()} == dict(live), steps[: number + 1]
+                    assert all(0 < ttl <= 60 for _, ttl in found.values()), found
+            finally:
+                await cache.close()
+                await client.aclose()
+
+        tenants = st.sampled_from(["A", "B"])
+        puts = st.tuples(st.just("put"), st.integers(0, 5), st.integers(0, 2), st.booleans(), tenants)
+        clears = st.tuples(st.just("clear"), tenants)
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(steps=st.lists(st.one_of(puts, puts, puts, clears), max_size=25))
+        def check(steps: list[tuple[Any, ...]]) -> None:
+            asyncio.run(run(steps))
+
+        check()
 
 
 class TestRedisIndex:
