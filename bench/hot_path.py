@@ -17,6 +17,8 @@ callback. ``--profile`` adds a cProfile of the pack arm and prints the pack's to
 counts every resumption of a coroutine as a call, so an ``async def`` shows about two calls per request;
 ``--profile-dump FILE`` keeps the stats for ``pstats``' ``print_callees``). cProfile inflates deep
 call trees (LiteLLM's tokenizer reads several times its unprofiled cost): read its shares, not its times.
+Each arm's garbage collection is reported too (wall time in collections, collections per 1,000
+requests by generation); ``--gc-freeze`` freezes the warmed-up heap out of the collector first.
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python bench/hot_path.py --requests 2000 --rounds 3
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import logging
 import os
@@ -62,6 +65,30 @@ def pack_section(redis_url: str) -> dict[str, Any]:
         "breaker": {"enabled": True},
         "metrics": {"tag_labels": ["feature"]},
     }
+
+
+class GcTimer:
+    """Wall time spent in the garbage collector (``gc.callbacks``), and collections per generation: in one
+    thread doing only this work, the collector's CPU, which lands in whatever frame allocated last."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def snapshot(self) -> tuple[float, int, int, int]:
+        return (self.seconds, *self.collections)  # type: ignore[return-value]
+
+
+GC = GcTimer()
 
 
 def _cpu_s(pid: int) -> float:
@@ -140,6 +167,7 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
         arms["router + pack (in-process store)"] = in_process
     registered = [cb for cb in callbacks.values() if cb is not None]
     results: dict[str, list[tuple[int, float, float, float]]] = {arm: [] for arm in arms}
+    gc_runs: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in arms}
     assert redis._proc is not None
     redis_pid = redis._proc.pid
     offset = 0
@@ -148,14 +176,20 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
         await run_load(router, args.warmup, args.concurrency, offset)
         offset += args.warmup
     await asyncio.sleep(0.5)
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
     for round_no in range(args.rounds):
         order = list(arms.items()) if round_no % 2 == 0 else list(arms.items())[::-1]
         for arm, router in order:
             only(callbacks[arm], registered)
             redis_before = _cpu_s(redis_pid)
+            gc_before = GC.snapshot()
             wall, cpu = await run_load(router, args.requests, args.concurrency, offset)
             offset += args.requests
+            gc_after = GC.snapshot()
             results[arm].append((args.requests, wall, cpu, _cpu_s(redis_pid) - redis_before))
+            gc_runs[arm].append(tuple(a - b for a, b in zip(gc_after, gc_before, strict=True)))
             print(f"  round {round_no + 1} {arm:34}: {1000 * cpu / args.requests:.3f} CPU ms/req", file=sys.stderr)
     if args.profile:
         only(callbacks["router + pack"], registered)
@@ -172,10 +206,14 @@ async def main_async(args: argparse.Namespace, redis: RedisServer) -> None:
     await asyncio.sleep(1.0)  # the last logging callbacks
     for each in kits:
         await each.close()
-    print_table(results, args)
+    print_table(results, gc_runs, args)
 
 
-def print_table(results: dict[str, list[tuple[int, float, float, float]]], args: argparse.Namespace) -> None:
+def print_table(
+    results: dict[str, list[tuple[int, float, float, float]]],
+    gc_runs: dict[str, list[tuple[float, ...]]],
+    args: argparse.Namespace,
+) -> None:
     def per_req(runs: Sequence[tuple[int, float, float, float]], index: int) -> float:
         return 1000 * sum(r[index] for r in runs) / sum(r[0] for r in runs)
 
@@ -185,13 +223,21 @@ def print_table(results: dict[str, list[tuple[int, float, float, float]]], args:
         f"per arm at concurrency {args.concurrency}, interleaved; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}.\n"
     )
-    print("| arm | req/s | process CPU ms/req | Redis CPU ms/req | added CPU ms/req (process + Redis) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| arm | req/s | process CPU ms/req | of which GC ms/req | collections per 1,000 req (gen 0/1/2) "
+        "| Redis CPU ms/req | added CPU ms/req (process + Redis) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for arm, runs in results.items():
         rate = statistics.median(r[0] / r[1] for r in runs)
         added = per_req(runs, 2) + per_req(runs, 3) - per_req(base, 2) - per_req(base, 3)
         note = "" if arm == "router" else f"{added:+.3f}"
-        print(f"| {arm} | {rate:.0f} | {per_req(runs, 2):.3f} | {per_req(runs, 3):.3f} | {note} |")
+        total = sum(r[0] for r in runs)
+        gc_ms = 1000 * sum(g[0] for g in gc_runs[arm]) / total
+        gens = "/".join(f"{1000 * sum(g[i] for g in gc_runs[arm]) / total:.0f}" for i in (1, 2, 3))
+        print(
+            f"| {arm} | {rate:.0f} | {per_req(runs, 2):.3f} | {gc_ms:.3f} | {gens} | {per_req(runs, 3):.3f} | {note} |"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -201,6 +247,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--memory-arm", action="store_true", help="add the pack on the in-process store")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="after the warm-up, gc.collect() and gc.freeze() (what performance.gc_freeze_after_s does in a proxy)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one more pack run; print the pack's top")
     parser.add_argument("--profile-dump", help="also write the cProfile stats to this file (for pstats or snakeviz)")
     parser.add_argument("--profile-sort", default="cumulative", help="pstats order: cumulative, tottime, ncalls...")

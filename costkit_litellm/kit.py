@@ -283,6 +283,9 @@ class CostKit:
                 log.warning("costkit: the local embedder did not load at start-up: %s", exc)
 
     async def _ensure_started(self) -> None:
+        started = self._started
+        if started is not None and started.done() and not started.cancelled() and started.exception() is None:
+            return  # every request after the first: no shield, no await
         try:
             await self.start()
         except StoreError as exc:
