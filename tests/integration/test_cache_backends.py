@@ -97,6 +97,21 @@ async def raw_redis(redis_server: RedisServer) -> AsyncIterator[Any]:
     await client.aclose()
 
 
+@pytest.fixture
+async def redis_cache(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Callable[..., RedisCache]]:
+    """Factory of ``RedisCache`` s on the session's server under this test's prefix (``ttl_s`` 60 unless
+    given); all are closed at teardown."""
+    caches: list[RedisCache] = []
+
+    def factory(**kwargs: Any) -> RedisCache:
+        caches.append(RedisCache(redis_server.url, prefix=key_prefix, **{"ttl_s": 60, **kwargs}))
+        return caches[-1]
+
+    yield factory
+    for cache in caches:
+        await cache.close()
+
+
 async def markers(client: Any, prefix: str) -> dict[str, tuple[int, int]]:
     """Every scope marker under ``prefix`` (found by SCAN): scope -> (value, TTL in seconds)."""
     root = f"{prefix}:cache:v1:s:"
@@ -306,66 +321,56 @@ class TestScopeMarkerKeys:
     """The markers as Redis keys: one per scope holding an entry with a vector, holding their count, with a TTL."""
 
     async def test_markers_are_bounded_by_the_entry_cap(
-        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+        self, redis_cache: Callable[..., RedisCache], raw_redis: Any, key_prefix: str
     ) -> None:
         """With max_entries 10, 200 stores in 200 new scopes leave 10 entries and exactly 10 marker keys."""
-        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=10)
-        try:
-            for i in range(200):
-                await cache.put(entry(f"e{i}", unit(i), scope=f"s{i}"))
-            assert (await cache.stats()).entries == 10
-            found = await markers(raw_redis, key_prefix)
-            assert len(found) == 10
-            assert sorted(found) == sorted(f"s{i}" for i in range(190, 200))
-            assert {value for value, _ in found.values()} == {1}
-        finally:
-            await cache.close()
+        cache = redis_cache(max_entries=10)
+        for i in range(200):
+            await cache.put(entry(f"e{i}", unit(i), scope=f"s{i}"))
+        assert (await cache.stats()).entries == 10
+        found = await markers(raw_redis, key_prefix)
+        assert len(found) == 10
+        assert sorted(found) == sorted(f"s{i}" for i in range(190, 200))
+        assert {value for value, _ in found.values()} == {1}
 
     async def test_an_exact_only_entry_never_creates_a_marker(
-        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+        self, redis_cache: Callable[..., RedisCache], raw_redis: Any, key_prefix: str
     ) -> None:
         """Storing, replacing and evicting exact-only entries (no vector) writes no marker key at all."""
-        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=3)
-        try:
-            for i in range(8):
-                await cache.put(entry(f"e{i % 5}", None, scope=f"s{i % 4}"))
-            assert (await cache.stats()).entries == 3
-            assert await markers(raw_redis, key_prefix) == {}
-        finally:
-            await cache.close()
+        cache = redis_cache(max_entries=3)
+        for i in range(8):
+            await cache.put(entry(f"e{i % 5}", None, scope=f"s{i % 4}"))
+        assert (await cache.stats()).entries == 3
+        assert await markers(raw_redis, key_prefix) == {}
 
-    async def test_every_marker_has_a_ttl(self, redis_server: RedisServer, raw_redis: Any, key_prefix: str) -> None:
+    async def test_every_marker_has_a_ttl(
+        self, redis_cache: Callable[..., RedisCache], raw_redis: Any, key_prefix: str
+    ) -> None:
         """Every marker has a TTL of at most ttl_s (none is -1), also after evicting entries whose marker was lost."""
-        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=30, max_entries=4)
-        try:
-            for i in range(40):
-                await cache.put(entry(f"e{i % 7}", unit(i) if i % 3 else None, scope=f"s{i % 5}"))
-            found = await markers(raw_redis, key_prefix)
-            assert found and all(0 < ttl <= 30 for _, ttl in found.values()), found
-            await raw_redis.delete(*(f"{key_prefix}:cache:v1:s:{scope}" for scope in found))  # lost (a racing clear)
-            for i in range(4):  # evict the 4 entries above: no DECR of their missing markers (a -1 without TTL)
-                await cache.put(entry(f"n{i}", unit(100 + i), scope=f"n{i}"))
-            assert await markers(raw_redis, key_prefix) == {f"n{i}": (1, 30) for i in range(4)}
-        finally:
-            await cache.close()
+        cache = redis_cache(ttl_s=30, max_entries=4)
+        for i in range(40):
+            await cache.put(entry(f"e{i % 7}", unit(i) if i % 3 else None, scope=f"s{i % 5}"))
+        found = await markers(raw_redis, key_prefix)
+        assert found and all(0 < ttl <= 30 for _, ttl in found.values()), found
+        await raw_redis.delete(*(f"{key_prefix}:cache:v1:s:{scope}" for scope in found))  # lost (a racing clear)
+        for i in range(4):  # evict the 4 entries above: no DECR of their missing markers (a -1 without TTL)
+            await cache.put(entry(f"n{i}", unit(100 + i), scope=f"n{i}"))
+        assert await markers(raw_redis, key_prefix) == {f"n{i}": (1, 30) for i in range(4)}
 
     async def test_a_marker_written_by_older_code_is_a_count_of_one(
-        self, redis_server: RedisServer, raw_redis: Any, key_prefix: str
+        self, redis_cache: Callable[..., RedisCache], raw_redis: Any, key_prefix: str
     ) -> None:
         """A marker "1" written by older code counts its entry: a second one makes it 2, evicting both deletes it."""
-        cache = RedisCache(redis_server.url, prefix=key_prefix, ttl_s=60, max_entries=2)
+        cache = redis_cache(max_entries=2)
         marker = f"{key_prefix}:cache:v1:s:old"
-        try:
-            await cache.put(entry("o1", unit(1), scope="old"))
-            await raw_redis.set(marker, b"1", ex=60)
-            await cache.put(entry("o2", unit(2), scope="old"))
-            assert int(await raw_redis.get(marker)) == 2
-            await cache.put(entry("n1", unit(3), scope="new"))
-            await cache.put(entry("n2", unit(4), scope="new"))
-            assert await raw_redis.exists(marker) == 0
-            assert await markers(raw_redis, key_prefix) == {"new": (2, 60)}
-        finally:
-            await cache.close()
+        await cache.put(entry("o1", unit(1), scope="old"))
+        await raw_redis.set(marker, b"1", ex=60)
+        await cache.put(entry("o2", unit(2), scope="old"))
+        assert int(await raw_redis.get(marker)) == 2
+        await cache.put(entry("n1", unit(3), scope="new"))
+        await cache.put(entry("n2", unit(4), scope="new"))
+        assert await raw_redis.exists(marker) == 0
+        assert await markers(raw_redis, key_prefix) == {"new": (2, 60)}
 
     def test_markers_count_the_live_entries_with_a_vector(self, redis_server: RedisServer) -> None:
         """After any stores and tenant clears, the markers are the scopes with a vector entry, with their counts."""
