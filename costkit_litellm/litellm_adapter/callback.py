@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import litellm
 from litellm import EmbeddingResponse, ModelResponse, TextCompletionResponse
@@ -183,6 +183,26 @@ def _refuse_fan_out(data: Mapping[str, Any], row: CallType) -> None:
         )
 
 
+_PRICED_BY_DEPLOYMENT: Final = frozenset({"tokens", "embedding", "image", "speech", "transcription", "rerank"})
+"""The call types a deployment's model serves and LiteLLM prices by its provider and model."""
+
+
+def _refuse_provider_override(data: Mapping[str, Any], row: CallType) -> None:
+    """Refuse a call to a deployment's model that names its own ``custom_llm_provider``: LiteLLM would
+    send it to the deployment (its ``api_base`` and key) but price it as the named provider's model,
+    which it often does not know (``hosted_vllm``, ``lm_studio``: $0), so every answer would be
+    committed at $0 and no budget would cap it. The deployment says which provider serves it; the
+    routes that take a provider as an argument (files, batches, vector stores) are not priced so."""
+    if row.bound in _PRICED_BY_DEPLOYMENT and data.get("custom_llm_provider") is not None:
+        raise RequestRejected(
+            "custom_llm_provider is set by the proxy's deployment, not by a request: naming another provider "
+            "would make LiteLLM price the call as that provider's model (often at $0) while the deployment "
+            "still serves and bills it. Remove the field.",
+            status=400,
+            error_type="provider_override_not_allowed",
+        )
+
+
 class CostKitCallback(CustomLogger):
     """Runs the costkit pipeline inside LiteLLM (proxy hooks and logging callbacks)."""
 
@@ -228,6 +248,7 @@ class CostKitCallback(CustomLogger):
         client_call_id = data.get("litellm_call_id")
         try:
             _refuse_fan_out(data, row)
+            _refuse_provider_override(data, row)
             context = from_request(data, self.kit.config.request, key, row.endpoint, row.output_caps)
         except RequestRejected as exc:
             fallback = from_logging_payload(
@@ -577,3 +598,12 @@ class CostKitCallback(CustomLogger):
             return
         if outcome is not None:
             await self.kit.record(outcome)
+
+
+# A request sent with "no-log": true makes LiteLLM skip every logging callback except its own spend
+# tracking, which it recognises by "_PROXY_" in the callback's class name (1.108.7:
+# Logging.should_run_callback). The pack's success and failure callbacks are spend tracking too:
+# without them a served no-log request commits nothing, leaves no ledger event, and its worst-case
+# hold expires into spend after lease_s. So the class answers to that test; the ledger never holds
+# a request's content, which is what no-log keeps out of the other loggers.
+CostKitCallback.__name__ = "_PROXY_CostKitCallback"

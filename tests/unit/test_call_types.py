@@ -125,6 +125,30 @@ class TestTable:
         assert len(ENDPOINTS) == len(ROWS) + 1 < 60 and ENDPOINTS[-1] == "other"
 
 
+class TestProviderOverride:
+    @pytest.mark.parametrize(
+        "name",
+        ["acompletion", "atext_completion", "aresponses", "anthropic_messages", "aembedding", "aspeech", "rerank"],
+    )
+    def test_a_call_priced_by_its_deployment_may_not_name_a_provider(self, name: str) -> None:
+        """Every call type a deployment's model serves and LiteLLM prices refuses a client's custom_llm_provider."""
+        from costkit_litellm.errors import RequestRejected
+        from costkit_litellm.litellm_adapter.callback import _refuse_provider_override
+
+        row = call_type(litellm.types.utils.CallTypes(name))
+        _refuse_provider_override({"model": "m"}, row)  # absent: nothing to refuse
+        with pytest.raises(RequestRejected) as refused:
+            _refuse_provider_override({"model": "m", "custom_llm_provider": "hosted_vllm"}, row)
+        assert (refused.value.status, refused.value.error_type) == (400, "provider_override_not_allowed")
+
+    @pytest.mark.parametrize("name", ["acreate_batch", "acreate_file", "aretrieve_batch"])
+    def test_routes_that_take_a_provider_as_an_argument_keep_it(self, name: str) -> None:
+        """Files and batches name their provider in the request (LiteLLM needs it there): not refused."""
+        from costkit_litellm.litellm_adapter.callback import _refuse_provider_override
+
+        _refuse_provider_override({"custom_llm_provider": "openai"}, call_type(litellm.types.utils.CallTypes(name)))
+
+
 class TestMetadataPerRoute:
     def test_responses_metadata_is_read_from_litellm_metadata(self) -> None:
         """On /v1/responses the proxy's own datetime is not read as a client attribute (it was a 400)."""
