@@ -406,6 +406,11 @@ class CostKitCallback(CustomLogger):
         served, deployment = self.prices.served_by(group, model_id)
         return pricing.actual_cost(served, deployment, prompt_tokens, completion_tokens, hold=hold)
 
+    def _priced(self, group: str, model_id: object) -> bool:
+        """True when the deployment that served a call of ``group`` has a price above $0."""
+        price = self.prices.served_price(group, model_id)
+        return price is not None and (price.input_nano_per_mtok > 0 or price.output_nano_per_mtok > 0)
+
     def _configured_answer_cost(self, group: str, response: Any, hold: Nano | None) -> Nano | None:
         """``configured_cost`` of a response object: its deployment (``model_id``) and usage."""
         hidden = getattr(response, "_hidden_params", None)
@@ -507,6 +512,17 @@ class CostKitCallback(CustomLogger):
             configured = self.configured_cost(model, payload.get("model_id"), prompt_tokens, completion_tokens, hold)
             if configured is not None:
                 cost = configured
+            elif cost == 0 and (prompt_tokens or completion_tokens) and self._priced(model, payload.get("model_id")):
+                # A billed answer of a deployment whose model has a price, priced at $0: LiteLLM priced it
+                # as something else (a request field it honours, as custom_llm_provider was). Unknown, not
+                # free: the budgets commit the hold.
+                log.warning(
+                    "costkit: LiteLLM priced a %s answer with %d+%d tokens at $0; committing its hold instead",
+                    model,
+                    prompt_tokens,
+                    completion_tokens,
+                )
+                cost = None
         latency = None
         try:
             latency = (end_time - start_time).total_seconds()

@@ -148,6 +148,21 @@ class LiteLLMPriceSource:
                 return name, model
         return group, self.deployment_model(group)
 
+    def served_price(self, group: str, model_id: object = None) -> ModelPrice | None:
+        """The price of the deployment that served a call of ``group``: its own ``litellm_params`` prices,
+        else LiteLLM's for its model; the group's worst case when the router does not know ``model_id``."""
+        router = self._router()
+        if router is not None and isinstance(model_id, str) and model_id:
+            try:
+                deployment = router.get_deployment(model_id=model_id)
+            except Exception:
+                deployment = None
+            params: Any = getattr(deployment, "litellm_params", None)
+            info = params.model_dump() if hasattr(params, "model_dump") else params
+            if isinstance(info, Mapping):
+                return _price_from_info(info) or _model_info(str(info.get("model", "")))
+        return self.price(group)
+
     def price(self, model: str) -> ModelPrice | None:
         """Worst-case price of a group or a model name; None when LiteLLM does not know it."""
         if model in self._cache:

@@ -45,3 +45,50 @@ class TestOutcomeIds:
         """An id of this kit that holds no state (finished or dropped) records nothing."""
         kit = callback()
         assert kit.outcome("success", kwargs(kit.new_request_id()), None, None) is None
+
+
+class TestZeroCostOfAPricedAnswer:
+    """LiteLLM's $0 for a billed answer of a priced deployment is taken as unknown (the hold is committed)."""
+
+    @staticmethod
+    def priced_callback(**litellm_params: Any) -> CostKitCallback:
+        import litellm
+
+        params = {"model": "openai/gpt-4o-mini", "api_key": "fake", **litellm_params}
+        router = litellm.Router(model_list=[{"model_name": "gpt-4o-mini", "litellm_params": params}])
+        return CostKitCallback(CostKit(store=MemoryStore(), registry=CollectorRegistry()), router=lambda: router)
+
+    @staticmethod
+    def success(**fields: Any) -> dict[str, Any]:
+        sent = kwargs("client-made-this-up")
+        sent["standard_logging_object"].update(fields)
+        return sent
+
+    def test_a_zero_cost_with_usage_on_a_priced_deployment_is_unknown(self) -> None:
+        """response_cost 0 with 10 + 20 tokens on gpt-4o-mini is no cost (None: budgets commit the hold),
+        whether the payload names the router's deployment or not."""
+        cb = self.priced_callback()
+        router = cb.prices._router()
+        deployment_id = router.model_list[0]["model_info"]["id"]
+        for model_id in ("unknown-id", deployment_id):
+            outcome = cb.outcome("success", self.success(response_cost=0.0, model_id=model_id), None, None)
+            assert outcome is not None and outcome.cost is None
+
+    def test_a_priced_answer_keeps_litellms_cost(self) -> None:
+        """A non-zero response_cost stands as LiteLLM computed it."""
+        outcome = self.priced_callback().outcome("success", self.success(), None, None)
+        assert outcome is not None and outcome.cost == 13_500
+
+    def test_a_free_deployment_a_cache_hit_or_no_usage_stays_at_zero(self) -> None:
+        """$0 stands for a deployment priced at $0, for LiteLLM's cache hits and for an answer without usage."""
+        free = self.priced_callback(input_cost_per_token=0.0, output_cost_per_token=0.0)
+        free_id = free.prices._router().model_list[0]["model_info"]["id"]
+        cases = [
+            (free, self.success(response_cost=0.0)),
+            (free, self.success(response_cost=0.0, model_id=free_id)),
+            (self.priced_callback(), self.success(response_cost=0.0, cache_hit=True)),
+            (self.priced_callback(), self.success(response_cost=0.0, prompt_tokens=0, completion_tokens=0)),
+        ]
+        for cb, sent in cases:
+            outcome = cb.outcome("success", sent, None, None)
+            assert outcome is not None and outcome.cost == 0
