@@ -131,36 +131,35 @@ class LiteLLMPriceSource:
                 return name
         return None
 
+    def _deployment(self, model_id: object) -> Any:
+        """The router's deployment of ``model_id`` (LiteLLM's ``model_id`` in the logging payload or
+        the response's hidden params); None when there is no router or it does not know the id."""
+        router = self._router()
+        if router is None or not isinstance(model_id, str) or not model_id:
+            return None
+        try:
+            return router.get_deployment(model_id=model_id)
+        except Exception:
+            return None
+
     def served_by(self, group: str, model_id: object = None) -> tuple[str, str | None]:
         """The model group and provider model that served a call: the router's deployment
-        ``model_id`` (LiteLLM's ``model_id`` in the logging payload or the response's hidden
-        params) when it knows it, else ``group`` and its first deployment's model (what the
+        ``model_id`` when it knows it, else ``group`` and its first deployment's model (what the
         estimate priced)."""
-        router = self._router()
-        if router is not None and isinstance(model_id, str) and model_id:
-            try:
-                deployment = router.get_deployment(model_id=model_id)
-            except Exception:
-                deployment = None
-            name = getattr(deployment, "model_name", None)
-            model = getattr(getattr(deployment, "litellm_params", None), "model", None)
-            if isinstance(name, str) and name and isinstance(model, str) and model:
-                return name, model
+        deployment = self._deployment(model_id)
+        name = getattr(deployment, "model_name", None)
+        model = getattr(getattr(deployment, "litellm_params", None), "model", None)
+        if isinstance(name, str) and name and isinstance(model, str) and model:
+            return name, model
         return group, self.deployment_model(group)
 
     def served_price(self, group: str, model_id: object = None) -> ModelPrice | None:
         """The price of the deployment that served a call of ``group``: its own ``litellm_params`` prices,
         else LiteLLM's for its model; the group's worst case when the router does not know ``model_id``."""
-        router = self._router()
-        if router is not None and isinstance(model_id, str) and model_id:
-            try:
-                deployment = router.get_deployment(model_id=model_id)
-            except Exception:
-                deployment = None
-            params: Any = getattr(deployment, "litellm_params", None)
-            info = params.model_dump() if hasattr(params, "model_dump") else params
-            if isinstance(info, Mapping):
-                return _price_from_info(info) or _model_info(str(info.get("model", "")))
+        params: Any = getattr(self._deployment(model_id), "litellm_params", None)
+        info = params.model_dump() if hasattr(params, "model_dump") else params
+        if isinstance(info, Mapping):
+            return _price_from_info(info) or _model_info(str(info.get("model", "")))
         return self.price(group)
 
     def price(self, model: str) -> ModelPrice | None:
