@@ -85,7 +85,8 @@ class GcTimer:
             self.collections[info["generation"]] += 1
 
     def snapshot(self) -> tuple[float, int, int, int]:
-        return (self.seconds, *self.collections)  # type: ignore[return-value]
+        young, middle, old = self.collections
+        return self.seconds, young, middle, old
 
 
 GC = GcTimer()

@@ -66,6 +66,11 @@ class CallType:
         """A provider may bill this call."""
         return self.bound != "free"
 
+    @property
+    def priced_by_deployment(self) -> bool:
+        """A deployment's model serves this call and LiteLLM prices it by that provider and model."""
+        return self.bound not in ("free", "unbounded")
+
 
 def _pair(*names: str) -> tuple[str, ...]:
     """Each name and its async twin (``a`` + name), as LiteLLM spells them."""

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import litellm
 from litellm import EmbeddingResponse, ModelResponse, TextCompletionResponse
@@ -183,17 +183,13 @@ def _refuse_fan_out(data: Mapping[str, Any], row: CallType) -> None:
         )
 
 
-_PRICED_BY_DEPLOYMENT: Final = frozenset({"tokens", "embedding", "image", "speech", "transcription", "rerank"})
-"""The call types a deployment's model serves and LiteLLM prices by its provider and model."""
-
-
 def _refuse_provider_override(data: Mapping[str, Any], row: CallType) -> None:
     """Refuse a call to a deployment's model that names its own ``custom_llm_provider``: LiteLLM would
     send it to the deployment (its ``api_base`` and key) but price it as the named provider's model,
     which it often does not know (``hosted_vllm``, ``lm_studio``: $0), so every answer would be
     committed at $0 and no budget would cap it. The deployment says which provider serves it; the
     routes that take a provider as an argument (files, batches, vector stores) are not priced so."""
-    if row.bound in _PRICED_BY_DEPLOYMENT and data.get("custom_llm_provider") is not None:
+    if row.priced_by_deployment and data.get("custom_llm_provider") is not None:
         raise RequestRejected(
             "custom_llm_provider is set by the proxy's deployment, not by a request: naming another provider "
             "would make LiteLLM price the call as that provider's model (often at $0) while the deployment "

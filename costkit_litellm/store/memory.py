@@ -230,12 +230,10 @@ class MemoryStore:
     # --- settings maps ------------------------------------------------------------------
     async def map_set(self, name: str, field: str, value: str, max_fields: int | None = None) -> bool:
         """Set one field of a map, unless it is new and the map already holds ``max_fields``."""
-        fields = self._maps.setdefault(name, {})
+        fields = self._maps.get(name, {})
         if max_fields is not None and field not in fields and len(fields) >= max_fields:
-            if not fields:
-                del self._maps[name]
             return False
-        fields[field] = value
+        self._maps.setdefault(name, fields)[field] = value
         return True
 
     async def map_delete(self, name: str, field: str) -> bool:
