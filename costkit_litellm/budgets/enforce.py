@@ -350,9 +350,13 @@ class BudgetStage:
         call_id = outcome.context.call_id
         if not isinstance(state, Mapping) or not call_id:
             return
-        if outcome.kind == "failure" and not outcome.final:
-            return  # a retry or a fallback may still run on this hold: the final outcome settles it
         limits = [_limit_from_json(x) for x in state.get("limits", [])]
+        if outcome.kind == "failure" and not outcome.final:
+            # A retry or a fallback may still run on this hold: the final outcome settles it. An
+            # attempt that cost something (a stream the provider broke off) is charged now, once.
+            if outcome.cost and not outcome.settle_only and isinstance(state, dict):
+                await self._charge_attempt(call_id, state, outcome.cost, limits)
+            return
         operations: list[_Operation] = []
         routing = outcome.state.get("routing")
         escalated = int(routing.get("escalated_cost", 0)) if isinstance(routing, Mapping) else 0
@@ -360,8 +364,10 @@ class BudgetStage:
             cost = outcome.cost if outcome.cost is not None else int(state.get("amount", 0))
             operations.append(("commit", call_id, cost + escalated, limits))
             self._check_overrun(call_id, state, cost + escalated)
-        elif escalated:  # the cheap attempt of a cascade was paid even if the escalated call failed
-            operations.append(("commit", call_id, escalated, limits))
+        else:  # a cascade's cheap attempt was paid even if the escalated call failed
+            paid = escalated + (0 if outcome.settle_only else int(outcome.cost or 0))
+            if paid:
+                operations.append(("commit", call_id, paid, limits))
         operations.append(("release", call_id, 0, limits))
         spent = sum(op[2] for op in operations)
         if self._pending:  # the store was down: keep the order of the queue
@@ -383,6 +389,22 @@ class BudgetStage:
                 await self._alerter.check(applied)
             except StoreError as exc:
                 self._store_failed("alerts", exc)
+
+    async def _charge_attempt(self, call_id: str, state: dict[str, Any], cost: int, limits: list[Limit]) -> None:
+        """Commit a failed attempt's cost under an id of its own (``<call id>:attempt:<n>``), the
+        request's hold left as it is: the request's own commit, once per id, is still to come."""
+        attempt = int(state.get("attempts_charged", 0)) + 1
+        state["attempts_charged"] = attempt
+        operation: _Operation = ("commit", f"{call_id}:attempt:{attempt}", cost, limits)
+        if not self._pending:
+            try:
+                await self._run_many([operation])
+                return
+            except StoreError as exc:
+                self._store_failed("commit", exc)
+        self._pending.append(operation)  # replayed in order, idempotent by its id
+        self._outage.spend(cost, limits)
+        await self._flush_pending()
 
     def _check_overrun(self, call_id: str, state: Mapping[str, Any], spent: int) -> None:
         """A commit above the hold is committed in full (budgets record true spend), counted and logged."""

@@ -67,6 +67,14 @@ class OutageAllowance:
         """Hold ``amount`` in process against every limit (caller checked ``exhausted`` first)."""
         self.holds[call_id] = _Hold(amount, tuple(limit.key for limit in limits))
 
+    def spend(self, amount: int, limits: Sequence[Limit]) -> None:
+        """Count ``amount`` settled during the outage against every limit (not yet in the store)."""
+        if amount <= 0:
+            return
+        self.epoch += 1
+        for limit in limits:
+            self.spent[limit.key] = self.spent.get(limit.key, 0) + amount
+
     def settle(self, call_id: str, spent: int, *, recorded: bool) -> None:
         """End a hold; the actual cost stays counted until the store has it (``recorded`` False)."""
         hold = self.holds.pop(call_id, None)

@@ -275,7 +275,15 @@ class CacheStage:
         pending = self._pending.pop(call_id, None) if call_id is not None else None
         if pending is None:
             return
-        if status != "miss" or outcome.kind != "success" or outcome.cache_hit or not _storable(outcome.response):
+        if (
+            status != "miss"
+            or outcome.kind != "success"
+            or outcome.cache_hit
+            or not _storable(outcome.response)
+            # served by another group than the one its keys name (a budget's downgrade, a fallback):
+            # stored under those keys, it would answer requests for a model that never wrote it
+            or (outcome.model and outcome.model != pending.keys.model)
+        ):
             if pending.embedding is not None:
                 pending.embedding.cancel()
             return
@@ -295,7 +303,7 @@ class CacheStage:
             text=keys.text,
             response=dict(outcome.response),
             cost_nano=self._cost(outcome),
-            model=outcome.model or keys.model,
+            model=keys.model,
             stored_at=self._clock(),
             vector=vector,
         )

@@ -199,6 +199,20 @@ def _refuse_provider_override(data: Mapping[str, Any], row: CallType) -> None:
         )
 
 
+def _cut_short(kind: str, kwargs: Mapping[str, Any], cost: Nano | None, completion_tokens: int) -> str | None:
+    """Why a call's usage is LiteLLM's reconstruction rather than the provider's: ``client`` (the
+    client left a stream: LiteLLM bills the chunks sent so far, 1.108.7
+    ``_bill_partial_streamed_spend_on_disconnect``), ``provider`` (an attempt that failed after
+    producing output: a stream broken off mid-way); None for a call the provider finished."""
+    if kind == "failure":
+        return "provider" if (cost or completion_tokens) else None
+    params = kwargs.get("litellm_params")
+    for metadata in (params.get("metadata") if isinstance(params, Mapping) else None, kwargs.get("metadata")):
+        if isinstance(metadata, Mapping) and metadata.get("client_disconnected") is True:
+            return "client"
+    return None
+
+
 class CostKitCallback(CustomLogger):
     """Runs the costkit pipeline inside LiteLLM (proxy hooks and logging callbacks)."""
 
@@ -503,8 +517,15 @@ class CostKitCallback(CustomLogger):
         model = str(payload.get("model_group") or context.model or payload.get("model") or "")
         prompt_tokens = int(payload.get("prompt_tokens") or 0)
         completion_tokens = int(payload.get("completion_tokens") or 0)
-        if kind == "success" and row.bound in _TOKEN_BOUNDS and not payload.get("cache_hit"):
-            hold = admission.estimate.amount if admission is not None else None
+        hold = admission.estimate.amount if admission is not None else None
+        cut = _cut_short(kind, kwargs, cost, completion_tokens)
+        if cut is not None and hold is not None:
+            # LiteLLM's usage is rebuilt from the chunks the proxy forwarded, not the provider's bill:
+            # reasoning tokens, and output generated after the last chunk, are in the bill but not in
+            # those chunks. Unknown, so the hold (the worst case) is what it cost.
+            log.info("costkit: %s's stream was cut short (%s); charging its hold", context.call_id, cut)
+            cost = Nano(hold)
+        elif kind == "success" and row.bound in _TOKEN_BOUNDS and not payload.get("cache_hit"):
             configured = self.configured_cost(model, payload.get("model_id"), prompt_tokens, completion_tokens, hold)
             if configured is not None:
                 cost = configured

@@ -20,6 +20,9 @@ Per-request overrides (headers, e.g. set through a deployment's
 
 - ``x-fake-latency-ms``: latency of this request, in milliseconds.
 - ``x-fake-chunk-delay-ms``: pause between the chunks of a streamed chat answer (a slow stream).
+- ``x-fake-abort-after-chunks``: break a streamed chat answer off after this many content chunks
+  (the connection is dropped: no finish reason, no usage, no ``[DONE]``); the whole answer is still
+  billed, as a provider bills what it generated.
 - ``x-fake-fail``: answer with this HTTP status (429, 500, or 400: OpenAI's context-length error) instead.
 - ``x-fake-reply``: reply with this content.
 - ``x-fake-tool-call``: answer a request that offers tools with a call to its
@@ -506,8 +509,15 @@ class FakeProvider:
         raw_delay = request.headers.get("x-fake-chunk-delay-ms")
         delay_s = float(raw_delay) / 1000 if raw_delay else 0.0
         await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        raw_abort = request.headers.get("x-fake-abort-after-chunks")
+        abort_after = int(raw_abort) if raw_abort else None
         words = reply.split(" ")
         for i, word in enumerate(words):
+            if abort_after is not None and i >= abort_after:
+                await asyncio.sleep(0.05)  # what was sent reaches the client first
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             piece = word if i == len(words) - 1 else word + " "
             if delay_s:
                 await asyncio.sleep(delay_s)

@@ -409,3 +409,93 @@ async def test_a_reused_call_id_never_stores_one_users_answer_under_anothers_pro
         again = await chat(client, proxy, text, user=user, headers=shared)
         assert again.headers["x-costkit-cache"] == "hit"
         assert answer(again) == answer(response)
+
+
+# --- an answer from another group than the one asked for ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rerouting_proxy(
+    config_writer: Callable[[str, Mapping[str, Any]], Path], redis_server: RedisServer, provider: FakeProvider
+) -> Iterator[ProxyServer]:
+    """The cache in its default scope (the API key: every user of the master key shares it), groups
+    whose answers say who wrote them, a per-end-user budget that downgrades ``big`` to ``small`` once
+    anything is spent, and ``flaky`` (always a 500) falling back to ``small``."""
+
+    def group(name: str, reply: str, **headers: str) -> dict[str, Any]:
+        return openai_deployment(name, provider.base_url, extra_headers={"x-fake-reply": reply, **headers})
+
+    models = [
+        group("big", "BIG-MODEL-ANSWER"),
+        group("small", "SMALL-MODEL-ANSWER"),
+        group("flaky", "FLAKY-MODEL-ANSWER", **{"x-fake-fail": "500"}),
+    ]
+    costkit = {
+        "redis_url": redis_server.url,
+        "key_prefix": unique("cache-reroute"),
+        "cache": {"enabled": True},
+        "budgets": [
+            {
+                "name": "thrifty",
+                "scope": "end_user",
+                "limit_usd": 1,
+                "window": "total",
+                "action": "downgrade",
+                "downgrade_to": "small",
+                "downgrade_below": 1,
+            }
+        ],
+    }
+    config = proxy_config(models, costkit)
+    config["router_settings"]["fallbacks"] = [{"flaky": ["small"]}]
+    with ProxyServer(config_writer(unique("cache-reroute"), config)) as server:
+        yield server
+
+
+async def _ask(client: httpx.AsyncClient, proxy: ProxyServer, model: str, user: str, content: str) -> httpx.Response:
+    body = {
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": content}],
+        "user": user,
+    }
+    response = await client.post(f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json=body)
+    assert response.status_code == 200, response.text
+    await asyncio.sleep(1.0)  # the answer is stored (or not) just after the response
+    return response
+
+
+async def test_a_downgraded_answer_is_never_served_for_the_model_asked_for(
+    rerouting_proxy: ProxyServer, client: httpx.AsyncClient
+) -> None:
+    """A user whose budget downgrades ``big`` to ``small`` gets small's answer; another user asking
+    ``big`` the same question (or a paraphrase) gets big's own answer, never the cached small one."""
+    alice = unique("alice")
+    question = f"What is the capital of Peru? ({unique('q')})"
+    await _ask(client, rerouting_proxy, "big", alice, f"warm up {question}")  # spends: the next is downgraded
+    downgraded = await _ask(client, rerouting_proxy, "big", alice, question)
+    assert "x-costkit-downgraded" in downgraded.headers
+    assert answer(downgraded) == "SMALL-MODEL-ANSWER"
+    for text in (question, question.replace("What is", "Tell me")):
+        other = await _ask(client, rerouting_proxy, "big", unique("bob"), text)  # a fresh budget each
+        assert answer(other) == "BIG-MODEL-ANSWER", {
+            k: v for k, v in other.headers.items() if k.startswith("x-costkit")
+        }
+        assert other.headers["x-costkit-cache"] == "miss"
+
+
+async def test_a_fallbacks_answer_is_never_served_for_the_group_that_failed(
+    rerouting_proxy: ProxyServer, client: httpx.AsyncClient
+) -> None:
+    """``flaky`` fails and falls back to ``small``: the answer is small's, and it is not cached as
+    flaky's (the same question to flaky misses again); small's own answers still are."""
+    user = unique("carol")
+    question = f"How many moons has Mars? ({unique('q')})"
+    for _ in range(2):
+        fallen = await _ask(client, rerouting_proxy, "flaky", user, question)
+        assert answer(fallen) == "SMALL-MODEL-ANSWER"
+        assert fallen.headers["x-costkit-cache"] == "miss"
+    await _ask(client, rerouting_proxy, "small", user, question)
+    again = await _ask(client, rerouting_proxy, "small", user, question)
+    assert again.headers["x-costkit-cache"] == "hit"

@@ -93,3 +93,148 @@ async def test_streams_cut_by_their_clients_are_settled_once(
     assert all(n == 1 for n in by_call.values()), by_call
     assert len(outcomes) == STREAMS, [f.get("costkit.outcome") for f in outcomes]
     assert final.committed == sum(int(f.get("costkit.cost_nano", 0)) for f in outcomes)
+
+
+# --- streams whose usage the proxy cannot know ---------------------------------------------------
+
+REASONING = 5000
+IN_PRICE, OUT_PRICE = 1e-6, 4e-6
+"""The deployments' own prices (USD per token): what the provider bills, known to the test."""
+NANO = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def thinking_provider() -> Iterator[FakeProvider]:
+    """A reasoning model: every answer bills 5,000 reasoning tokens the stream never shows."""
+    with FakeProvider(reply=" ".join(f"w{i}" for i in range(WORDS)), reasoning_tokens=REASONING) as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def cut_proxy(
+    thinking_provider: FakeProvider,
+    hangup_provider: FakeProvider,
+    redis_server: RedisServer,
+    config_writer: Callable[[str, Mapping[str, Any]], Path],
+) -> Iterator[tuple[ProxyServer, str]]:
+    prefix = unique("cut")
+    prices = {"input_cost_per_token": IN_PRICE, "output_cost_per_token": OUT_PRICE}
+    slow = {"x-fake-chunk-delay-ms": "100"}
+    models = [
+        openai_deployment("thinker", thinking_provider.base_url, extra_headers=slow, **prices),
+        openai_deployment(
+            "breaks", hangup_provider.base_url, extra_headers={"x-fake-abort-after-chunks": "5"}, **prices
+        ),
+    ]
+    costkit = {
+        "redis_url": redis_server.url,
+        "key_prefix": prefix,
+        "budgets": [{"name": "cut", "scope": "global", "limit_usd": "5", "window": "total"}],
+        "budget_settings": {"lease_s": 20},
+    }
+    path = config_writer(unique("cut"), proxy_config(models, costkit))
+    with running(ProxyServer(path)) as (proxy,):
+        yield proxy, prefix
+
+
+def _billed(provider: FakeProvider, since: int) -> int:
+    """What the provider billed (nano-dollars) for the requests it received after the first ``since``."""
+    total = 0.0
+    for recorded in provider.recorded()[since:]:
+        usage = recorded.usage or {}
+        total += usage.get("prompt_tokens", 0) * IN_PRICE + usage.get("completion_tokens", 0) * OUT_PRICE
+    return round(total * NANO)
+
+
+async def _ledger_costs(store: Any) -> list[tuple[int, int]]:
+    """(cost, estimate) in nano-dollars of every outcome in the ledger."""
+    entries = await store.ledger_read()
+    return [
+        (int(e.fields.get("costkit.cost_nano", 0)), int(e.fields.get("costkit.estimate_nano", 0)))
+        for e in entries
+        if e.fields.get("costkit.outcome")
+    ]
+
+
+async def test_a_reasoning_stream_left_by_its_client_is_charged_its_hold(
+    cut_proxy: tuple[ProxyServer, str], thinking_provider: FakeProvider, redis_server: RedisServer
+) -> None:
+    """A client that leaves a reasoning model's stream after 3 chunks: the provider bills 5,000
+    reasoning tokens the stream never showed, so the request is charged its hold (the worst case),
+    never LiteLLM's count of the chunks sent: the committed spend covers the provider's bill and
+    equals the ledger's."""
+    proxy, prefix = cut_proxy
+    since = len(thinking_provider.recorded())
+    body = {
+        "model": "thinker",
+        "max_tokens": 6000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "think hard, then count"}],
+    }
+
+    async def one() -> None:
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json=body) as r,
+        ):
+            assert r.status_code == 200
+            seen = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    seen += 1
+                    if seen == 3:
+                        break  # hang up
+
+    await asyncio.gather(*(one() for _ in range(4)))
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, "budget:cut:", timeout_s=10)
+        await asyncio.sleep(1.0)
+        costs = await _ledger_costs(store)
+    billed = _billed(thinking_provider, since)
+    print(f"\ncommitted {final.committed} n$, provider billed {billed} n$, ledger {costs}")
+    assert len(costs) == 4
+    assert all(cost == estimate > 0 for cost, estimate in costs), costs
+    assert final.committed == sum(cost for cost, _ in costs)
+    assert final.committed >= billed > 4 * REASONING * OUT_PRICE * NANO
+
+
+async def test_a_stream_the_provider_breaks_off_is_charged_its_hold(
+    cut_proxy: tuple[ProxyServer, str], hangup_provider: FakeProvider, redis_server: RedisServer
+) -> None:
+    """A provider that drops the connection after 5 chunks (the client saw content, then an
+    error): the failed attempt produced output the provider bills, so it is charged its hold on the
+    budget and in the ledger, never $0; nothing stays held."""
+    proxy, prefix = cut_proxy
+    async with redis_store(redis_server.url, prefix) as store:
+        before = await settled(store, "budget:cut:", timeout_s=10)
+        ledger_before = len(await _ledger_costs(store))
+    since = len(hangup_provider.recorded())
+    body = {
+        "model": "breaks",
+        "max_tokens": 300,
+        "stream": True,
+        "messages": [{"role": "user", "content": "count"}],
+    }
+
+    async def one() -> str:
+        text = ""
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json=body) as r,
+        ):
+            async for line in r.aiter_lines():
+                text += line
+        return text
+
+    streamed = await asyncio.gather(*(one() for _ in range(3)))
+    assert all("w3" in text for text in streamed), streamed  # content reached the client first
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, "budget:cut:", timeout_s=10)
+        await asyncio.sleep(1.0)
+        costs = (await _ledger_costs(store))[ledger_before:]
+    billed = _billed(hangup_provider, since)
+    spent = final.committed - before.committed
+    print(f"\ncommitted {spent} n$, provider billed {billed} n$, ledger {costs}")
+    assert len(hangup_provider.recorded()) - since == 3
+    assert spent == sum(cost for cost, _ in costs) > 0
+    assert spent >= billed > 0

@@ -9,7 +9,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from costkit_litellm.kit import CostKit
-from costkit_litellm.litellm_adapter.callback import STASH_KEY, CostKitCallback
+from costkit_litellm.litellm_adapter.callback import STASH_KEY, CostKitCallback, _cut_short
+from costkit_litellm.litellm_adapter.costs import cost_nano
+from costkit_litellm.money import Nano
 from costkit_litellm.store import MemoryStore
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
@@ -92,3 +94,33 @@ class TestZeroCostOfAPricedAnswer:
         for cb, sent in cases:
             outcome = cb.outcome("success", sent, None, None)
             assert outcome is not None and outcome.cost == 0
+
+
+class TestCutShort:
+    """Which calls' usage is LiteLLM's rebuild from the chunks sent, not the provider's bill."""
+
+    def test_a_stream_the_client_left_is_cut_short(self) -> None:
+        """LiteLLM's client_disconnected flag, in litellm_params' metadata or the call's own, marks the
+        success it logs for a stream the client left."""
+        flagged = {"client_disconnected": True}
+        assert _cut_short("success", {"litellm_params": {"metadata": flagged}}, None, 5) == "client"
+        assert _cut_short("success", {"metadata": flagged}, None, 5) == "client"
+
+    def test_a_failed_attempt_that_produced_output_is_cut_short(self) -> None:
+        """A failure with a cost or output tokens (a stream broken off mid-way) is; one without is not."""
+        assert _cut_short("failure", {}, Nano(52_000), 0) == "provider"
+        assert _cut_short("failure", {}, Nano(0), 12) == "provider"
+        assert _cut_short("failure", {}, Nano(0), 0) is None
+
+    def test_a_finished_call_is_not(self) -> None:
+        """A success without the flag (or with anything but True) is the provider's own usage."""
+        assert _cut_short("success", {"litellm_params": {"metadata": {}}}, Nano(1), 5) is None
+        assert _cut_short("success", {"metadata": {"client_disconnected": "yes"}}, Nano(1), 5) is None
+
+    def test_an_unadmitted_call_keeps_litellms_cost(self) -> None:
+        """With no hold to charge (a request this kit did not admit), LiteLLM's figure stands."""
+        cb = CostKitCallback(CostKit(store=MemoryStore(), registry=CollectorRegistry()))
+        sent = kwargs("client-made-this-up")
+        sent["litellm_params"]["metadata"]["client_disconnected"] = True
+        outcome = cb.outcome("success", sent, None, None)
+        assert outcome is not None and outcome.cost == cost_nano(sent["standard_logging_object"]["response_cost"])

@@ -177,11 +177,16 @@ class TestCallback:
         assert outcome is not None and outcome.cost == hold.admission.estimate.amount
 
     async def test_a_litellm_cache_hit_and_a_failure_keep_litellms_cost(self) -> None:
-        """A hit of LiteLLM's own cache and a failed attempt are not re-priced (both cost what LiteLLM says)."""
+        """A hit of LiteLLM's own cache and a failed attempt that produced nothing are not re-priced (both
+        cost what LiteLLM says); a failed attempt that produced output (a stream broken off) costs its hold."""
         cb = callback({"mine": TWO_EIGHT_YAML})
         data = await admitted(cb, "mine")
-        failed = cb.outcome("failure", success_kwargs(data, "id-mine", 10, 20), None, None)
+        failed = cb.outcome("failure", success_kwargs(data, "id-mine", 10, 0), None, None)
         assert failed is not None and failed.cost == 0
+        hold = cb.inflight.live(data["metadata"]["costkit"]["id"])
+        assert hold is not None and hold.admission.estimate.amount
+        broken = cb.outcome("failure", success_kwargs(data, "id-mine", 10, 20), None, None)
+        assert broken is not None and broken.cost == hold.admission.estimate.amount
         hit = cb.outcome("success", success_kwargs(data, "id-mine", 10, 20, cache_hit=True), None, None)
         assert hit is not None and hit.cost == 0
 
