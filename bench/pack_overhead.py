@@ -49,7 +49,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,17 +94,47 @@ FREEZE = " + gc freeze"
 """Arms whose proxy freezes its start-up heap (``performance.gc_freeze_after_s``): the pack's arm by its
 own setting, the vanilla one by a ``sitecustomize`` the bench puts on its PYTHONPATH that does the same
 (``gc.collect(); gc.freeze()``) once LiteLLM has started, so the two compare like for like."""
-VANILLA_FREEZE = """
-import gc, sys, threading
+PROBE = """
+# The bench's sitecustomize, on every arm's PYTHONPATH: the garbage collector's CPU (the collecting
+# thread's, around each collection) and collections per generation, written every 0.25 s to
+# $COSTKIT_BENCH_GC_DIR/<pid>.json; with $COSTKIT_BENCH_FREEZE_AFTER_S, a vanilla proxy's start-up
+# heap frozen as the pack's performance.gc_freeze_after_s does.
+import gc, json, os, sys, threading, time
+
+_stats = {"seconds": 0.0, "collections": [0, 0, 0]}
+_started = [0.0]
+
+
+def _callback(phase, info):
+    if phase == "start":
+        _started[0] = time.thread_time()
+    else:
+        _stats["seconds"] += time.thread_time() - _started[0]
+        _stats["collections"][info["generation"]] += 1
+
+
+def _dump(folder):
+    path, tmp = f"{folder}/{os.getpid()}.json", f"{folder}/{os.getpid()}.tmp"
+    while True:
+        time.sleep(0.25)
+        with open(tmp, "w") as out:
+            json.dump(_stats, out)
+        os.replace(tmp, path)
+
 
 def _freeze():
     gc.collect()
     gc.freeze()
     print(f"froze the start-up heap ({gc.get_freeze_count()} objects)", file=sys.stderr, flush=True)
 
-_timer = threading.Timer(%(after)s, _freeze)
-_timer.daemon = True
-_timer.start()
+
+if os.environ.get("COSTKIT_BENCH_GC_DIR"):
+    gc.callbacks.append(_callback)
+    threading.Thread(target=_dump, args=(os.environ["COSTKIT_BENCH_GC_DIR"],), daemon=True).start()
+if os.environ.get("COSTKIT_BENCH_FREEZE_AFTER_S"):
+    _timer = threading.Timer(float(os.environ["COSTKIT_BENCH_FREEZE_AFTER_S"]), _freeze)
+    _timer.daemon = True
+    _timer.start()
 """
 FROZE = re.compile(r"froze the start-up heap \((\d+) objects\)")
 """The line both kinds of freezing arm log (the pack's ``costkit.heap``, the bench's ``sitecustomize``)."""
@@ -165,6 +195,9 @@ class WrkRun:
     cpu_s: float
     """Proxy process group plus Redis."""
     redis_cpu_s: float = 0.0
+    gc_s: float = 0.0
+    """The proxy's CPU in its garbage collector (the bench's probe)."""
+    full_collections: int = 0
 
     @property
     def rate(self) -> float:
@@ -189,6 +222,12 @@ class ArmResult:
 
     def redis_ms_per_request(self) -> float:
         return 1000 * sum(r.redis_cpu_s for r in self.runs) / max(1, sum(r.requests for r in self.runs))
+
+    def gc_ms_per_request(self) -> float:
+        return 1000 * sum(r.gc_s for r in self.runs) / max(1, sum(r.requests for r in self.runs))
+
+    def full_per_1k(self) -> float:
+        return 1000 * sum(r.full_collections for r in self.runs) / max(1, sum(r.requests for r in self.runs))
 
     def p50(self) -> float:
         return statistics.median(r.p50_ms for r in self.runs)
@@ -259,15 +298,38 @@ def wrk_command(proxy: ProxyServer, script: Path, args: argparse.Namespace, dura
     return [*command, "-s", str(script), proxy.base_url]
 
 
+GC_DIR_ENV = "COSTKIT_BENCH_GC_DIR"
+
+
+def gc_reading(proxy: ProxyServer) -> tuple[float, int]:
+    """(seconds in the collector, full collections) so far, from the arm's probe (zeros without one)."""
+    folder = proxy.env.get(GC_DIR_ENV)
+    try:
+        data = json.loads((Path(folder) / f"{proxy.pid}.json").read_text()) if folder else None
+    except (OSError, ValueError):
+        data = None
+    return (float(data["seconds"]), int(data["collections"][2])) if data else (0.0, 0)
+
+
+def gc_readings(arms: Iterable[ProxyServer]) -> list[tuple[float, int]]:
+    """Every arm's ``gc_reading`` once the probes have written what happened until now."""
+    time.sleep(0.3)  # the probes write every 0.25 s
+    return [gc_reading(proxy) for proxy in arms]
+
+
 def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pid: int, duration: float) -> WrkRun:
     command = wrk_command(proxy, script, args, duration)
     assert proxy.pid is not None
+    [gc_before] = gc_readings([proxy])
     before, redis_before = group_cpu_s([proxy.pid], [redis_pid]), group_cpu_s([], [redis_pid])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu = group_cpu_s([proxy.pid], [redis_pid]) - before
     redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
+    [gc_after] = gc_readings([proxy])
     requests, wall_s, p50, p99, errors = parse_wrk(output)
-    return WrkRun(requests, wall_s, p50, p99, errors, cpu, redis_cpu)
+    return WrkRun(
+        requests, wall_s, p50, p99, errors, cpu, redis_cpu, gc_after[0] - gc_before[0], gc_after[1] - gc_before[1]
+    )
 
 
 def run_together(
@@ -277,6 +339,7 @@ def run_together(
 
     Each arm's CPU is its own process group's; the one Redis serves every pack arm at once, so its CPU
     over the round is shared out by requests among the arms that use it (``uses_redis``)."""
+    gc_before = dict(zip(arms, gc_readings(arms.values()), strict=True))
     before = {arm: group_cpu_s([p.pid or 0]) for arm, p in arms.items()}
     redis_before = group_cpu_s([], [redis_pid])
     running = {
@@ -286,12 +349,14 @@ def run_together(
     outputs = {arm: process.communicate()[0] for arm, process in running.items()}
     cpu = {arm: group_cpu_s([p.pid or 0]) - before[arm] for arm, p in arms.items()}
     redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
+    gc_after = dict(zip(arms, gc_readings(arms.values()), strict=True))
     parsed = {arm: parse_wrk(out) for arm, out in outputs.items()}
     served = sum(parsed[arm][0] for arm in arms if uses_redis(arm)) or 1
     runs = {}
     for arm, (requests, wall_s, p50, p99, errors) in parsed.items():
         share = redis_cpu * requests / served if uses_redis(arm) else 0.0
-        runs[arm] = WrkRun(requests, wall_s, p50, p99, errors, cpu[arm] + share, share)
+        gc_s, full = (a - b for a, b in zip(gc_after[arm], gc_before[arm], strict=True))
+        runs[arm] = WrkRun(requests, wall_s, p50, p99, errors, cpu[arm] + share, share, gc_s, int(full))
     return runs
 
 
@@ -337,9 +402,9 @@ def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path
 def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
     vanilla = results["vanilla"]
     rows = [
-        "| arm | req/s | CPU ms/req | median of rounds | of which Redis | p50 ms | p99 ms | errors "
-        "| req/s vs vanilla | CPU vs vanilla | median vs vanilla |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | req/s | CPU ms/req | median of rounds | of which Redis | of which GC | full GCs per 1k req "
+        "| p50 ms | p99 ms | errors | req/s vs vanilla | CPU vs vanilla | median vs vanilla |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, result in results.items():
         added = result.cpu_ms_per_request() - vanilla.cpu_ms_per_request()
@@ -350,18 +415,19 @@ def table(results: dict[str, ArmResult], args: argparse.Namespace) -> str:
         )
         rows.append(
             f"| {arm} | {result.rate():.1f} | {result.cpu_ms_per_request():.2f} | {result.cpu_ms_median():.2f} | "
-            f"{result.redis_ms_per_request():.2f} | {result.p50():.0f} | "
+            f"{result.redis_ms_per_request():.2f} | {result.gc_ms_per_request():.2f} | {result.full_per_1k():.1f} | "
+            f"{result.p50():.0f} | "
             f"{result.p99():.0f} | {result.errors()} | {result.rate() / vanilla.rate():.3f} | {cpu_note} | "
             f"{median_note} |"
         )
     return "\n".join(rows)
 
 
-def _freeze_dir(folder: Path) -> Path:
-    """A folder whose ``sitecustomize`` freezes a vanilla proxy's heap 30 s after it starts."""
-    target = folder / "vanilla-freeze"
-    target.mkdir(exist_ok=True)
-    (target / "sitecustomize.py").write_text(VANILLA_FREEZE % {"after": 30.0})
+def _probe_dir(folder: Path) -> Path:
+    """A folder whose ``sitecustomize`` is the bench's probe (``PROBE``), and one for its readings."""
+    target = folder / "probe"
+    (target / "readings").mkdir(parents=True, exist_ok=True)
+    (target / "sitecustomize.py").write_text(PROBE)
     return target
 
 
@@ -370,9 +436,11 @@ def proxies(paths: dict[str, Path], baseline: str | None = None) -> Iterator[dic
     with contextlib.ExitStack() as stack:
         started = {}
         for arm, path in paths.items():
-            env = {"PYTHONPATH": baseline} if baseline and arm.endswith(BASELINE) else None
+            probe = _probe_dir(path.parent)
+            pythonpath = [baseline] if baseline and arm.endswith(BASELINE) else []
+            env = {"PYTHONPATH": os.pathsep.join([*pythonpath, str(probe)]), GC_DIR_ENV: str(probe / "readings")}
             if arm.removesuffix(BASELINE) == "vanilla" + FREEZE:
-                env = {"PYTHONPATH": str(_freeze_dir(path.parent))}
+                env["COSTKIT_BENCH_FREEZE_AFTER_S"] = "30"
             started[arm] = stack.enter_context(ProxyServer(path, env=env))
             print(f"  {arm}: {started[arm].base_url} pid {started[arm].pid}", file=sys.stderr)
         yield started
