@@ -199,6 +199,10 @@ def _refuse_provider_override(data: Mapping[str, Any], row: CallType) -> None:
         )
 
 
+_CUT_CHARGED = "cut_short_charged"
+"""``Admission.state`` key: a failed attempt of this request was charged its hold as cut short."""
+
+
 def _cut_short(kind: str, kwargs: Mapping[str, Any], cost: Nano | None, completion_tokens: int) -> str | None:
     """Why a call's usage is LiteLLM's reconstruction rather than the provider's: ``client`` (the
     client left a stream: LiteLLM bills the chunks sent so far, 1.108.7
@@ -519,12 +523,20 @@ class CostKitCallback(CustomLogger):
         completion_tokens = int(payload.get("completion_tokens") or 0)
         hold = admission.estimate.amount if admission is not None else None
         cut = _cut_short(kind, kwargs, cost, completion_tokens)
-        if cut is not None and hold is not None:
+        if cut is not None and hold is not None and admission is not None:
             # LiteLLM's usage is rebuilt from the chunks the proxy forwarded, not the provider's bill:
             # reasoning tokens, and output generated after the last chunk, are in the bill but not in
-            # those chunks. Unknown, so the hold (the worst case) is what it cost.
-            log.info("costkit: %s's stream was cut short (%s); charging its hold", context.call_id, cut)
-            cost = Nano(hold)
+            # those chunks. Unknown, so the hold (the worst case) is what it cost. A stream that both
+            # broke off and lost its client is one attempt (LiteLLM falls back from no stream that
+            # sent content): LiteLLM logs its failure, then the disconnect's success; charged once.
+            if cut == "client" and admission.state.get(_CUT_CHARGED):
+                log.info("costkit: %s's stream lost its client after breaking off; charged already", context.call_id)
+                cost = Nano(0)
+            else:
+                log.info("costkit: %s's stream was cut short (%s); charging its hold", context.call_id, cut)
+                cost = Nano(hold)
+                if cut == "provider":
+                    admission.state[_CUT_CHARGED] = True
         elif kind == "success" and row.bound in _TOKEN_BOUNDS and not payload.get("cache_hit"):
             configured = self.configured_cost(model, payload.get("model_id"), prompt_tokens, completion_tokens, hold)
             if configured is not None:

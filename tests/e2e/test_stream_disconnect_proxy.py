@@ -111,9 +111,17 @@ def thinking_provider() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture(scope="module")
+def long_provider() -> Iterator[FakeProvider]:
+    """A fast provider with a long answer (300 words), so a stream is well ahead of a slow client."""
+    with FakeProvider(reply=" ".join(f"w{i}" for i in range(300))) as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
 def cut_proxy(
     thinking_provider: FakeProvider,
     hangup_provider: FakeProvider,
+    long_provider: FakeProvider,
     redis_server: RedisServer,
     config_writer: Callable[[str, Mapping[str, Any]], Path],
 ) -> Iterator[tuple[ProxyServer, str]]:
@@ -124,6 +132,9 @@ def cut_proxy(
         openai_deployment("thinker", thinking_provider.base_url, extra_headers=slow, **prices),
         openai_deployment(
             "breaks", hangup_provider.base_url, extra_headers={"x-fake-abort-after-chunks": "5"}, **prices
+        ),
+        openai_deployment(
+            "breaks-late", long_provider.base_url, extra_headers={"x-fake-abort-after-chunks": "250"}, **prices
         ),
     ]
     costkit = {
@@ -238,3 +249,53 @@ async def test_a_stream_the_provider_breaks_off_is_charged_its_hold(
     assert len(hangup_provider.recorded()) - since == 3
     assert spent == sum(cost for cost, _ in costs) > 0
     assert spent >= billed > 0
+
+
+async def test_a_stream_that_breaks_off_and_loses_its_client_is_charged_once(
+    cut_proxy: tuple[ProxyServer, str], long_provider: FakeProvider, redis_server: RedisServer
+) -> None:
+    """The provider breaks a long stream off while its client hangs up after 3 chunks: LiteLLM may log
+    the attempt's failure and then the disconnect's success for the same call; the request is
+    charged its hold once (the ledger's costs per request add up to it), never twice."""
+    proxy, prefix = cut_proxy
+    async with redis_store(redis_server.url, prefix) as store:
+        before = await settled(store, "budget:cut:", timeout_s=10)
+        ledger_before = len(await store.ledger_read())
+    body = {
+        "model": "breaks-late",
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "count"}],
+    }
+
+    async def one() -> str:
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, json=body) as r,
+        ):
+            assert r.status_code == 200
+            hold = r.headers["x-costkit-max-cost-usd"]
+            seen = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    seen += 1
+                    if seen == 3:
+                        await asyncio.sleep(0.5)  # the proxy has read the provider's whole stream by now
+                        break
+        return hold
+
+    holds = await asyncio.gather(*(one() for _ in range(3)))
+    async with redis_store(redis_server.url, prefix) as store:
+        final = await settled(store, "budget:cut:", timeout_s=10)
+        await asyncio.sleep(1.0)
+        entries = (await store.ledger_read())[ledger_before:]
+    by_call: dict[str, int] = {}
+    for e in entries:
+        if e.fields.get("costkit.outcome"):
+            call = e.entry_id.rsplit(":", 1)[0]  # the pack's request id, then the outcome
+            by_call[call] = by_call.get(call, 0) + int(e.fields.get("costkit.cost_nano", 0))
+    hold_nano = [round(float(h) * NANO) for h in holds]
+    print(f"\nholds {hold_nano}, ledger per request {by_call}, committed {final.committed - before.committed}")
+    assert len(by_call) == 3
+    assert sorted(by_call.values()) == sorted(hold_nano)
+    assert final.committed - before.committed == sum(hold_nano)
