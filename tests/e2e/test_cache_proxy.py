@@ -477,12 +477,13 @@ async def test_a_downgraded_answer_is_never_served_for_the_model_asked_for(
     downgraded = await _ask(client, rerouting_proxy, "big", alice, question)
     assert "x-costkit-downgraded" in downgraded.headers
     assert answer(downgraded) == "SMALL-MODEL-ANSWER"
-    for text in (question, question.replace("What is", "Tell me")):
+    # the paraphrase first: small's entry, if stored, would answer it semantically; then the exact
+    # question, which big's own answer to the paraphrase may serve (a hit, but big's)
+    for n, text in enumerate((question.replace("What is", "Tell me"), question)):
         other = await _ask(client, rerouting_proxy, "big", unique("bob"), text)  # a fresh budget each
-        assert answer(other) == "BIG-MODEL-ANSWER", {
-            k: v for k, v in other.headers.items() if k.startswith("x-costkit")
-        }
-        assert other.headers["x-costkit-cache"] == "miss"
+        assert answer(other) == "BIG-MODEL-ANSWER", other.headers.get("x-costkit-cache")
+        if n == 0:
+            assert other.headers["x-costkit-cache"] == "miss"
 
 
 async def test_a_fallbacks_answer_is_never_served_for_the_group_that_failed(
@@ -497,5 +498,8 @@ async def test_a_fallbacks_answer_is_never_served_for_the_group_that_failed(
         assert answer(fallen) == "SMALL-MODEL-ANSWER"
         assert fallen.headers["x-costkit-cache"] == "miss"
     await _ask(client, rerouting_proxy, "small", user, question)
-    again = await _ask(client, rerouting_proxy, "small", user, question)
+    for _ in range(5):  # its answer is stored just after the response: on a busy machine, a moment later
+        again = await _ask(client, rerouting_proxy, "small", user, question)
+        if again.headers["x-costkit-cache"] == "hit":
+            break
     assert again.headers["x-costkit-cache"] == "hit"
