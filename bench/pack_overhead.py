@@ -4,12 +4,12 @@ One run, side by side: a vanilla LiteLLM proxy, the pack with each stage alone, 
 production-shaped pack (two budgets, the breaker with its session spend cap, accounting with the
 Redis ledger, metrics by feature; every request names a user, a feature and an agent session of
 ten calls, new sessions every run), all on mock deployments (``mock_response``: no provider process, so the proxy is the
-only thing doing work) and one real Redis from the harness. Runs are interleaved (every arm once
+only thing doing work) and a real Redis per pack arm from the harness. Runs are interleaved (every arm once
 per round, the order reversed every other round) so drift on a shared machine hits every arm.
 
 Per run: ``wrk`` (C, so the load generator is not the bottleneck) at the given concurrency for
 ``--duration`` seconds, and the CPU time (utime + stime from ``/proc``) of the proxy's process
-group plus the Redis server over that run. The table: req/s (median over rounds), CPU ms per
+group plus its Redis server over that run. The table: req/s (median over rounds), CPU ms per
 request (proxy tree + Redis, over all rounds), p50/p99 (median over rounds of wrk's
 percentiles), errors, and each arm's ratio to vanilla.
 
@@ -17,8 +17,9 @@ percentiles), errors, and each arm's ratio to vanilla.
 
 ``--together`` loads every arm at once in each round instead, each with its own wrk: on a shared
 machine whose speed drifts by 20% between rounds (steal, neighbours) the arms then see the same
-machine, and the differences between them hold from round to round; Redis's CPU is then shared out
-among the pack arms by requests. The default interleaved rounds give each arm the whole machine.
+machine, and the differences between them hold from round to round. Every pack arm has a Redis
+server of its own, so each arm's Redis CPU is its own. The default interleaved rounds give each arm
+the whole machine.
 
 The ``+ gc freeze`` arms (not run by default) freeze each proxy's start-up heap out of the garbage
 collector: the pack's by its ``performance.gc_freeze_after_s`` setting, vanilla by a ``sitecustomize``
@@ -49,7 +50,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,35 +334,35 @@ def run_wrk(proxy: ProxyServer, script: Path, args: argparse.Namespace, redis_pi
 
 
 def run_together(
-    arms: dict[str, ProxyServer], scripts: dict[str, Path], args: argparse.Namespace, redis_pid: int
+    arms: dict[str, ProxyServer], scripts: dict[str, Path], args: argparse.Namespace, redis_pids: Mapping[str, int]
 ) -> dict[str, WrkRun]:
     """One round with every arm under load at once (``--together``): one wrk per arm, started together.
 
-    Each arm's CPU is its own process group's; the one Redis serves every pack arm at once, so its CPU
-    over the round is shared out by requests among the arms that use it (``uses_redis``)."""
+    Each arm's CPU is its own process group's plus its own Redis's (``redis_pids``: every pack arm
+    has a Redis server of its own, so none is charged another's commands)."""
     gc_before = dict(zip(arms, gc_readings(arms.values()), strict=True))
     before = {arm: group_cpu_s([p.pid or 0]) for arm, p in arms.items()}
-    redis_before = group_cpu_s([], [redis_pid])
+    redis_before = {arm: group_cpu_s([], [redis_pids.get(arm, 0)]) for arm in arms}
     running = {
         arm: subprocess.Popen(wrk_command(proxy, scripts[arm], args, args.duration), stdout=subprocess.PIPE, text=True)
         for arm, proxy in arms.items()
     }
     outputs = {arm: process.communicate()[0] for arm, process in running.items()}
     cpu = {arm: group_cpu_s([p.pid or 0]) - before[arm] for arm, p in arms.items()}
-    redis_cpu = group_cpu_s([], [redis_pid]) - redis_before
+    redis_cpu = {arm: group_cpu_s([], [redis_pids.get(arm, 0)]) - redis_before[arm] for arm in arms}
     gc_after = dict(zip(arms, gc_readings(arms.values()), strict=True))
-    parsed = {arm: parse_wrk(out) for arm, out in outputs.items()}
-    served = sum(parsed[arm][0] for arm in arms if uses_redis(arm)) or 1
     runs = {}
-    for arm, (requests, wall_s, p50, p99, errors) in parsed.items():
-        share = redis_cpu * requests / served if uses_redis(arm) else 0.0
+    for arm, out in outputs.items():
+        requests, wall_s, p50, p99, errors = parse_wrk(out)
         gc_s, full = (a - b for a, b in zip(gc_after[arm], gc_before[arm], strict=True))
-        runs[arm] = WrkRun(requests, wall_s, p50, p99, errors, cpu[arm] + share, share, gc_s, int(full))
+        runs[arm] = WrkRun(
+            requests, wall_s, p50, p99, errors, cpu[arm] + redis_cpu[arm], redis_cpu[arm], gc_s, int(full)
+        )
     return runs
 
 
 def uses_redis(arm: str) -> bool:
-    """True for an arm whose pack talks to the bench's Redis (every arm but the vanilla ones)."""
+    """True for an arm with a pack (every arm but the vanilla ones): it gets a Redis of its own."""
     return ARM_SECTIONS[arm.removesuffix(BASELINE)] is not None
 
 
@@ -386,7 +387,8 @@ def check_arm(proxy: ProxyServer, pack: bool) -> None:
         raise SystemExit(f"{proxy!r}: x-costkit-* headers {'present' if has_pack else 'absent'}")
 
 
-def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path]:
+def configs(folder: Path, redis_url: str | Mapping[str, str], arms: Sequence[str]) -> dict[str, Path]:
+    """Each arm's proxy config; ``redis_url`` is every pack arm's Redis, or each arm's own by name."""
     base = base_config([mock_deployment(MODEL)])
     result = {}
     for index, arm in enumerate(arms):
@@ -394,7 +396,8 @@ def configs(folder: Path, redis_url: str, arms: Sequence[str]) -> dict[str, Path
         config = base
         if section is not None:
             prefix = f"bench{index}-{uuid.uuid4().hex[:6]}"
-            config = enable_costkit(base, {"redis_url": redis_url, "key_prefix": prefix, **section})
+            url = redis_url if isinstance(redis_url, str) else redis_url[arm]
+            config = enable_costkit(base, {"redis_url": url, "key_prefix": prefix, **section})
         result[arm] = write_config(folder / f"arm{index}.yaml", config)
     return result
 
@@ -485,13 +488,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found on PATH (Debian: apt-get install wrk)")
-    with (
-        tempfile.TemporaryDirectory(prefix="costkit-bench-") as tmp,
-        RedisServer(search=False) as redis,
-    ):
-        redis_pid = redis._proc.pid if redis._proc is not None else 0
-        print(f"redis {redis.url} pid {redis_pid}", file=sys.stderr)
-        with proxies(configs(Path(tmp), redis.url, args.arms), args.baseline) as started:
+    with tempfile.TemporaryDirectory(prefix="costkit-bench-") as tmp, contextlib.ExitStack() as servers:
+        redis = {arm: servers.enter_context(RedisServer(search=False)) for arm in args.arms if uses_redis(arm)}
+        redis_pids = {arm: server._proc.pid if server._proc is not None else 0 for arm, server in redis.items()}
+        for arm, server in redis.items():
+            print(f"  {arm}: redis {server.url} pid {redis_pids[arm]}", file=sys.stderr)
+        urls = {arm: server.url for arm, server in redis.items()}
+        with proxies(configs(Path(tmp), urls, args.arms), args.baseline) as started:
             features = ",".join(f'"{f}"' for f in FEATURES)
             for arm, proxy in started.items():
                 check_arm(proxy, ARM_SECTIONS[arm.removesuffix(BASELINE)] is not None)
@@ -502,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 arm_script.write_text(text)
                 if args.hold:
                     continue
-                run_wrk(proxy, arm_script, args, redis_pid, args.warmup)
+                run_wrk(proxy, arm_script, args, redis_pids.get(arm, 0), args.warmup)
             wait_frozen(started)
             if args.hold:
                 print("holding; Ctrl-C or SIGTERM to stop", file=sys.stderr)
@@ -512,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 return
             scripts = {arm: Path(tmp) / f"load-{abs(hash(arm))}.lua" for arm in started}
             for round_no in range(args.rounds if args.together else 0):
-                for arm, run in run_together(started, scripts, args, redis_pid).items():
+                for arm, run in run_together(started, scripts, args, redis_pids).items():
                     results[arm].runs.append(run)
                     print(
                         f"  round {round_no + 1} {arm:20}: {run.rate:6.1f} req/s, "
@@ -523,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 order = list(started.items()) if round_no % 2 == 0 else list(started.items())[::-1]
                 for arm, proxy in order:
                     arm_script = Path(tmp) / f"load-{abs(hash(arm))}.lua"
-                    run = run_wrk(proxy, arm_script, args, redis_pid, args.duration)
+                    run = run_wrk(proxy, arm_script, args, redis_pids.get(arm, 0), args.duration)
                     results[arm].runs.append(run)
                     print(
                         f"  round {round_no + 1} {arm:20}: {run.rate:6.1f} req/s, "
@@ -531,11 +534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"errors {run.errors}",
                         file=sys.stderr,
                     )
-    how = (
-        "every arm under load at once, Redis's CPU shared out by requests among the pack arms"
-        if args.together
-        else "interleaved"
-    )
+    how = "every arm under load at once, each pack arm with a Redis of its own" if args.together else "interleaved"
     print(
         f"\nProxy overhead per stage: wrk -c{args.concurrency}, {args.duration:g} s x {args.rounds} rounds per arm, "
         f"{how}; mock deployments; CPU = proxy process group + Redis (from /proc); "
